@@ -1,0 +1,158 @@
+"""KickedTopSensor specifics: bad input, episode end, options, references."""
+
+import math
+
+import gymnasium as gym
+import jax
+import numpy as np
+import pytest
+
+import qsmgym.envs  # noqa: F401
+from qsmgym.envs import KickedTopSensor
+
+ID = "qsm/KickedTopSensor-v0"
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = gym.make(ID, j=2, n_periods=5)
+    e.reset(seed=0)
+    return e
+
+
+@pytest.mark.parametrize("action", [np.nan, np.inf, -1, 13, 2.5, np.array([1, 2]), "3"])
+def test_bad_discrete_actions_raise(action):
+    env = gym.make(ID, j=2, n_periods=5).unwrapped
+    env.reset(seed=0)
+    with pytest.raises((ValueError, TypeError), match="action"):
+        env.step(action)
+
+
+@pytest.mark.parametrize(
+    "action", [np.array([np.nan]), np.array([np.inf]), np.array([1.5]), np.array([-1.01]), np.array([0.1, 0.2]), 0.5]
+)
+def test_bad_continuous_actions_raise_not_clipped(action):
+    env = gym.make(ID, j=2, n_periods=5, action_type="continuous").unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        env.step(action)
+
+
+def test_bad_vector_actions_raise():
+    venv = gym.make_vec(ID, num_envs=2, j=2, n_periods=5)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="actions must have shape"):
+        venv.step(np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match="actions must lie in"):
+        venv.step(np.array([0, 99]))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"j": 0}, "j must be a positive integer or half-integer, got j=0"),
+        ({"j": -2}, "j=-2"),
+        ({"j": 1.3}, "j=1.3"),
+        ({"noise": "superradiant", "gamma": -0.1}, "gamma must be >= 0, got gamma=-0.1"),
+        ({"noise": "amplitude"}, "noise must be one of .* got noise='amplitude'"),
+        ({"noise": "none", "gamma": 0.1}, "gamma must be 0 with noise='none'"),
+        ({"precession_axis": "z", "kick_axis": "z"}, "kick_axis must differ"),
+        ({"kick_axis": "w"}, "kick_axis='w'"),
+        ({"rate_convention": "other"}, "rate_convention='other'"),
+        ({"n_periods": 0}, "n_periods=0"),
+        ({"tau": float("nan")}, "tau must be finite"),
+        ({"k_grid": [0.0, float("inf")]}, "k_grid must be"),
+        ({"max_episode_steps": 0}, "max_episode_steps"),
+    ],
+)
+def test_bad_configuration_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KickedTopSensor(**kwargs)
+
+
+def test_terminated_not_truncated_and_step_after_end(env):
+    env = gym.make(ID, j=2, n_periods=3).unwrapped
+    env.reset(seed=0)
+    flags = [env.step(0)[2:4] for _ in range(3)]
+    assert flags == [(False, False), (False, False), (True, False)]
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(0)
+
+
+def test_time_limit_truncates():
+    from qsmgym.envs.shell import GymnasiumEnv
+
+    # the functional core's own time limit ...
+    env = GymnasiumEnv(task=KickedTopSensor(j=2, n_periods=10, max_episode_steps=4))
+    env.reset(seed=0)
+    flags = [env.step(0)[2:4] for _ in range(4)]
+    assert flags[-1] == (False, True) and flags[0] == (False, False)
+    # ... and Gymnasium's TimeLimit wrapper through gym.make agree
+    env = gym.make(ID, j=2, n_periods=10, max_episode_steps=4)
+    env.reset(seed=0)
+    assert [env.step(0)[2:4] for _ in range(4)] == flags
+
+
+def test_return_telescopes_to_final_qfi_over_sql():
+    for reward in ("increment", "terminal"):
+        env = gym.make(ID, j=3, n_periods=6, noise="superradiant", reward=reward).unwrapped
+        env.reset(seed=0)
+        total, info = 0.0, None
+        for a in [6, 0, 2, 12, 3, 1]:
+            _, r, _, _, info = env.step(a)
+            total += r
+        assert math.isclose(total, info["qfi"] / (2 * 3 * 6**2), rel_tol=1e-10)
+
+
+def test_references_and_scores():
+    task = KickedTopSensor(j=5, noise="superradiant")
+    ref = task.references()
+    T = 20.0
+    assert ref["standard_quantum_limit"] == 2 * 5 * T**2
+    assert ref["heisenberg_limit"] == 4 * 25 * T**2
+    params = task.default_params()
+    direct = task.qfi_trajectory(params, np.full(20, 3.0))[-1]
+    assert math.isclose(ref["periodic_k3"], float(direct), rel_tol=1e-12)
+    s = task.score(ref["best_baseline"], ref)
+    assert math.isclose(s["baseline_normalised"], 0.0, abs_tol=1e-12)
+    assert 0 < s["heisenberg_fraction"] < 1
+
+
+def test_continuous_action_maps_to_kick_strength():
+    task = KickedTopSensor(j=2, action_type="continuous", k_max=6.0)
+    p = task.default_params()
+    assert float(task.kick_strength(np.array([-1.0]), p)) == 0.0
+    assert float(task.kick_strength(np.array([0.0]), p)) == 3.0
+
+
+def test_observations_in_space_for_each_mode():
+    for obs_mode in ("moments", "time", "density"):
+        for noise in ("none", "superradiant"):
+            env = gym.make(ID, j=2, n_periods=4, observation=obs_mode, noise=noise)
+            obs, _ = env.reset(seed=0)
+            assert env.observation_space.contains(obs)
+            for a in (12, 3, 7, 0):
+                obs, *_ = env.step(a)
+                assert env.observation_space.contains(obs), (obs_mode, noise, obs)
+
+
+def test_moments_observation_matches_direct_expectations():
+    import qutip
+
+    env = gym.make(ID, j=2, n_periods=4, theta0=0.7, phi0=0.4).unwrapped
+    obs, _ = env.reset(seed=0)
+    psi = qutip.Qobj(np.asarray(env.task._w @ np.asarray(env.state.psi)))
+    jx, jy, jz = (qutip.jmat(2, a) for a in "xyz")
+    expected = [qutip.expect(o, psi) / 2 for o in (jx, jy, jz)]
+    expected += [qutip.expect(0.5 * (a * b + b * a), psi) / 4 for a, b in
+                 [(jx, jx), (jy, jy), (jz, jz), (jx, jy), (jx, jz), (jy, jz)]]
+    np.testing.assert_allclose(obs[1:], expected, atol=1e-6)  # float32 observation
+
+
+def test_params_vmap_domain_randomisation():
+    task = KickedTopSensor(j=2, n_periods=4, noise="superradiant")
+    base = task.default_params()
+    gammas = np.array([0.0, 0.01, 0.05])
+    params = jax.vmap(lambda g: base.replace(gamma_sr=g))(gammas)
+    q = jax.vmap(lambda p: task.qfi_trajectory(p, np.full(4, 2.0))[-1])(params)
+    assert np.all(np.diff(np.asarray(q)) < 0)  # more damping, less information here
