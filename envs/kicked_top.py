@@ -74,6 +74,7 @@ class KickedTopCache:
     tangent_real: jnp.ndarray
     dtangent_real: jnp.ndarray
     psi0: jnp.ndarray
+    kick_table: jnp.ndarray  # (len(k_grid), 2 d): [cos, sin] of -k m^2 / c_j per grid value
 
 
 def real_form(A: jnp.ndarray) -> jnp.ndarray:
@@ -302,6 +303,8 @@ class KickedTopSensor(FunctionalEnv):
         )
 
     def precompute(self, params: KickedTopParams) -> KickedTopCache:
+        angles = -params.k_grid[:, None] * jnp.asarray(self._m_b)[None, :] ** 2 / self.c_j
+        kick_table = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
         psi0 = jnp.asarray(self._w.conj().T) @ spin_coherent_state(self.j, params.theta0, params.phi0)
         ja = jnp.asarray(self._ja)
         if not self.mixed:
@@ -312,7 +315,8 @@ class KickedTopSensor(FunctionalEnv):
             zero = jnp.zeros_like(P)
             tangent = real_form(jnp.block([[P, zero], [dP, P]]))
             return KickedTopCache(
-                prop=P, dprop=dP, tangent_real=tangent, dtangent_real=real_form(dP), psi0=psi0
+                prop=P, dprop=dP, tangent_real=tangent, dtangent_real=real_form(dP), psi0=psi0,
+                kick_table=kick_table,
             )
         c_ops = [
             jnp.sqrt(params.gamma_sr) * jnp.asarray(self._jm),
@@ -325,6 +329,7 @@ class KickedTopSensor(FunctionalEnv):
             tangent_real=real_form(Phi),
             dtangent_real=real_form(dPhi),
             psi0=psi0,
+            kick_table=kick_table,
         )
 
     # ----------------------------------------------------------------------------- spaces
@@ -350,13 +355,18 @@ class KickedTopSensor(FunctionalEnv):
         return 0.5 * (a + 1.0) * params.k_max
 
     # ---------------------------------------------------------------------------- physics
-    def _evolve(self, psi, dpsi, k, cache: KickedTopCache):
+    def _kick_phase(self, k):
+        return jnp.exp(-1j * k * jnp.asarray(self._m_b) ** 2 / self.c_j)
+
+    def _evolve(self, psi, dpsi, k, cache: KickedTopCache, phase=None):
         """One period: free evolution with derivative, then the kick of strength k.
 
         psi' = K P psi, dpsi' = K (dP psi + P dpsi) (P -> Phi, vectors -> vec(rho) when mixed),
         computed with the real forms in ``cache`` (one GEMM per product once vmapped).
+        ``phase`` (the kick's diagonal) may be passed precomputed; else it is exp(-i k m^2/c_j).
         """
-        phase = jnp.exp(-1j * k * jnp.asarray(self._m_b) ** 2 / self.c_j)
+        if phase is None:
+            phase = self._kick_phase(k)
         if self.mixed:
             kick = (jnp.conj(phase)[:, None] * phase[None, :]).reshape(-1)  # column stacking
             both = jnp.stack([_to_real(psi), _to_real(dpsi)]) @ cache.tangent_real.T
@@ -418,8 +428,16 @@ class KickedTopSensor(FunctionalEnv):
         return self._obs(state), state
 
     def step_env(self, key, state, action, params, cache):
-        k = self.kick_strength(action, params)
-        psi, dpsi = self._evolve(state.psi, state.dpsi, k, cache)
+        if self.action_type == "discrete":
+            # a one-hot product selects the precomputed kick: no gather, no exp on the hot path
+            onehot = jax.nn.one_hot(jnp.asarray(action).reshape(()), len(self._k_grid), dtype=jnp.float64)
+            k = onehot @ params.k_grid
+            row = onehot @ cache.kick_table
+            phase = row[: self.d] + 1j * row[self.d :]
+        else:
+            k = self.kick_strength(action, params)
+            phase = self._kick_phase(k)
+        psi, dpsi = self._evolve(state.psi, state.dpsi, k, cache, phase)
         qfi = self._qfi(psi, dpsi)
         time = state.time + 1
         norm = 2.0 * self.j * (self.n_periods * params.tau) ** 2

@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from qsmgym.envs.core import FunctionalEnv
@@ -19,6 +20,16 @@ def validate_actions(space: gym.spaces.Space, action: Any, batch: int | None = N
             or values outside the space, naming the offending value.
         TypeError: an action that is not numeric.
     """
+    if (
+        batch is None
+        and isinstance(space, gym.spaces.Discrete)
+        and isinstance(action, (int, np.integer))
+        and not isinstance(action, bool)
+    ):  # fast path: a plain integer
+        if not int(space.start) <= action < int(space.start + space.n):
+            lo, hi = int(space.start), int(space.start + space.n)
+            raise ValueError(f"action must lie in [{lo}, {hi}) for {space}, got action={action!r}")
+        return np.int32(action)
     name = "action" if batch is None else "actions"
     try:
         arr = np.asarray(action)
@@ -55,21 +66,57 @@ def validate_actions(space: gym.spaces.Space, action: Any, batch: int | None = N
 
 
 def _step_fn(task: FunctionalEnv):
-    def step(key, state, action, params, cache):
-        key, sub = jax.random.split(key)
-        out = task.step(sub, state, action, params, cache=cache)
-        return key, out
+    """Jittable step that also packs every output leaf into one float64 vector: one transfer
+    to NumPy per step instead of one per array (the transfers dominated the shell's cost)."""
+
+    def step(sub, state, action, params, cache):
+        obs, state, reward, term, trunc, info = task.step(sub, state, action, params, cache=cache)
+        leaves = jax.tree_util.tree_leaves((obs, reward, term, trunc, info))
+        packed = jnp.concatenate([jnp.ravel(x).astype(jnp.float64) for x in leaves])
+        return state, packed
 
     return step
 
 
-def _reset_fn(task: FunctionalEnv):
-    def reset(key, params, cache):
-        key, sub = jax.random.split(key)
-        obs, state = task.reset(sub, params, cache=cache)
-        return key, obs, state
+def _unpacker(task: FunctionalEnv, params, cache, state, action):
+    """Inverse of the packing in ``_step_fn``: float64 vector -> (obs, reward, term, trunc, info)."""
+    shapes = jax.eval_shape(
+        lambda: task.step(jax.random.PRNGKey(0), state, action, params, cache=cache)
+    )
+    out_tree = (shapes[0], shapes[2], shapes[3], shapes[4], shapes[5])
+    leaves, treedef = jax.tree_util.tree_flatten(out_tree)
+    for leaf in leaves:
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            raise TypeError("step outputs must be real to be packed")
+    sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+    offsets = np.cumsum([0] + sizes)
 
-    return reset
+    def unpack(packed: np.ndarray):
+        parts = [
+            packed[offsets[i] : offsets[i + 1]].reshape(leaf.shape).astype(leaf.dtype)
+            for i, leaf in enumerate(leaves)
+        ]
+        return jax.tree_util.tree_unflatten(treedef, parts)
+
+    return unpack
+
+
+@jax.jit
+def _key_chain(key):
+    """The next KEY_BLOCK links of the chain key -> split(key) = (next key, subkey).
+
+    Returns (last key, subkeys). Splitting inside the step's executable cost ~90 us per step
+    (threefry's loop); one scan per KEY_BLOCK steps gives the same keys in the same order.
+    """
+
+    def link(k, _):
+        k, sub = jax.random.split(k)
+        return k, sub
+
+    return jax.lax.scan(link, key, None, length=KEY_BLOCK)
+
+
+KEY_BLOCK = 64
 
 
 class GymnasiumEnv(gym.Env):
@@ -107,19 +154,23 @@ class GymnasiumEnv(gym.Env):
         self.observation_space = task.observation_space(self.params)
         self.action_space = task.action_space(self.params)
         self.reference = task.references(self.params, cache=self.cache)
-        self._jit_reset = jax.jit(_reset_fn(task))
+        self._jit_reset = jax.jit(lambda sub, params, cache: task.reset(sub, params, cache=cache))
         self._jit_step = jax.jit(_step_fn(task))
         self._key = None
+        self._subkeys = None
+        self._next = KEY_BLOCK
         self._state = None
         self._done = False
+        self._unpack = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if seed is not None:
+        if seed is not None or self._key is None:
+            if seed is None:
+                seed = int(self.np_random.integers(0, 2**31 - 1))
             self._key = jax.random.PRNGKey(seed)
-        elif self._key is None:
-            self._key = jax.random.PRNGKey(int(self.np_random.integers(0, 2**31 - 1)))
-        self._key, obs, self._state = self._jit_reset(self._key, self.params, self.cache)
+            self._next = KEY_BLOCK
+        obs, self._state = self._jit_reset(self._subkey(), self.params, self.cache)
         self._done = False
         return np.asarray(obs, dtype=np.float32), {}
 
@@ -129,15 +180,26 @@ class GymnasiumEnv(gym.Env):
         if self._done:
             raise RuntimeError("the episode has ended (terminated or truncated): call reset()")
         action = validate_actions(self.action_space, action)
-        self._key, out = self._jit_step(self._key, self._state, action, self.params, self.cache)
-        obs, self._state, reward, terminated, truncated, info = out
-        obs, reward, terminated, truncated, info = jax.device_get(
-            (obs, reward, terminated, truncated, info)
+        if self._unpack is None:
+            self._unpack = _unpacker(self.task, self.params, self.cache, self._state, action)
+        self._state, packed = self._jit_step(
+            self._subkey(), self._state, action, self.params, self.cache
         )
+        obs, reward, terminated, truncated, info = self._unpack(np.asarray(packed))
         terminated, truncated = bool(terminated), bool(truncated)
         self._done = terminated or truncated
-        info = {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in info.items()}
+        info = {k: float(v) if np.ndim(v) == 0 else v for k, v in info.items()}
         return np.asarray(obs, dtype=np.float32), float(reward), terminated, truncated, info
+
+    def _subkey(self):
+        """Next subkey of the chain (see ``_key_chain``)."""
+        if self._next == KEY_BLOCK:
+            self._key, subkeys = _key_chain(self._key)
+            self._subkeys = np.asarray(subkeys)  # NumPy: indexing a jax.Array costs a dispatch
+            self._next = 0
+        sub = self._subkeys[self._next]
+        self._next += 1
+        return sub
 
     @property
     def state(self):
