@@ -184,7 +184,9 @@ class KickedTopSensor(FunctionalEnv):
     ## References (``references(params)``)
     standard_quantum_limit 2 j T^2; heisenberg_limit 4 j^2 T^2 (holds with these noise models
     too); no_kicks and periodic_k3 baselines computed for the env's own parameters;
-    best_baseline = max of the two. Score = I(T) / heisenberg_limit in [0, 1].
+    best_baseline = max of the two. Score = I(T) / heisenberg_limit in [0, 1]. The same two in
+    units of the episode return (I(T) / SQL), under the registry-wide names: physical_limit = 2 j
+    and naive_baseline = best_baseline / SQL.
 
     ## Validation
     k = 0 gives I = 2 j t^2 exactly; pure and SLD formulas agree at gamma = 0; the exact
@@ -333,6 +335,11 @@ class KickedTopSensor(FunctionalEnv):
         )
 
     # ----------------------------------------------------------------------------- spaces
+    @property
+    def horizon(self) -> int:
+        """Steps per episode (fixed: the episode terminates after n_periods kicks)."""
+        return self.n_periods
+
     @property
     def total_time(self) -> float:
         return self.n_periods * self._tau
@@ -492,6 +499,9 @@ class KickedTopSensor(FunctionalEnv):
             "no_kicks": no_kicks,
             "periodic_k3": periodic,
             "best_baseline": max(no_kicks, periodic),
+            # the registry-wide names, in units of the episode return (= I(T) / (2 j T^2))
+            "physical_limit": 2.0 * self.j,
+            "naive_baseline": max(no_kicks, periodic) / (2.0 * self.j * T**2),
         }
 
     @staticmethod
