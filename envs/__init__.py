@@ -10,8 +10,9 @@ Functional cores (gymnax style) for jit/vmap/grad: ``task = make_task(id, **kwar
 
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
+from qsmgym.envs.time_dependent import TimeDependentEstimation
 from qsmgym.envs.registry import TASKS, make_task, register_all
 
 register_all()
 
-__all__ = ["FunctionalEnv", "KickedTopSensor", "TASKS", "make_task", "register_all"]
+__all__ = ["FunctionalEnv", "KickedTopSensor", "TimeDependentEstimation", "TASKS", "make_task", "register_all"]

@@ -6,10 +6,12 @@ import gymnasium as gym
 
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
+from qsmgym.envs.time_dependent import TimeDependentEstimation
 
 # id -> functional core class. The Gymnasium shell and the vector env are generic.
 TASKS: dict[str, type[FunctionalEnv]] = {
     "qsm/KickedTopSensor-v0": KickedTopSensor,
+    "qsm/TimeDependentEstimation-v0": TimeDependentEstimation,
 }
 
 

@@ -127,3 +127,123 @@ def qfi_trajectory_qutip(model: dict[str, Any], strengths, options: dict | None 
     )
     stepper.reset(model["psi0"])
     return np.array([stepper.step(model["kick"](k)) for k in strengths])
+
+
+def _coeff(f):
+    """A one-argument coefficient function t -> f(t) (hides f's defaults from QuTiP)."""
+
+    def coefficient(t):
+        return f(t)
+
+    return coefficient
+
+
+class QutipTimeDependentStepper:
+    """``TimeDependentEstimation`` stepped bin by bin with QuTiP, at theta = nominal + shift.
+
+    The continuous-time model H(t) = h(t) . sigma (signal field rotating continuously, the
+    control per the env's control mode, written here independently of the JAX core) is
+    integrated with sesolve (noiseless) or mesolve (explicit dual-number superoperator), with
+    d H / d theta as the tangent generator. The QFI comes from the Hilbert-space state:
+    4 Var for kets, the SLD formula for rho. ``step(action)`` returns (reward, done) with the
+    env's "increment" reward; ``qfi`` holds I(t_k).
+    """
+
+    def __init__(self, task, params, options: dict | None = None):
+        opts = dict(PRECISE if options is None else options)
+        opts.setdefault("normalize_output", False)
+        self.task, self.params, self.options = task, params, opts
+        B, omega = float(params.B), float(params.omega)
+        if task.param == "omega":
+            omega += float(params.shift)
+        else:
+            B += float(params.shift)
+        self.B, self.omega = B, omega
+        sx, sy, sz = qutip.sigmax(), qutip.sigmay(), qutip.sigmaz()
+        eye2 = qutip.qeye(2)
+        nil = qutip.Qobj(np.array([[0.0, 1.0], [0.0, 0.0]]))
+        self._ops = [qutip.tensor(eye2, op) for op in (sx, sy, sz)] + [qutip.tensor(nil, sx), qutip.tensor(nil, sz)]
+        if task.param == "omega":
+            self._dgx = lambda t: B * t * np.sin(omega * t)
+            self._dgz = lambda t: -B * t * np.cos(omega * t)
+        else:
+            self._dgx = lambda t: -np.cos(omega * t)
+            self._dgz = lambda t: -np.sin(omega * t)
+        gamma = float(params.gamma)
+        c_ops = []
+        if task.noise == "dephasing":
+            rate = gamma / 2 if task.dephasing_convention == "coherence_rate" else gamma
+            c_ops = [np.sqrt(rate) * sz]
+        elif task.noise == "emission":
+            c_ops = [np.sqrt(gamma) * qutip.Qobj(np.array([[0.0, 0.0], [1.0, 0.0]]))]  # |1><0|
+        self.mixed = bool(c_ops)
+        if self.mixed:
+            self._superops = [-1j * (qutip.spre(op) - qutip.spost(op)) for op in self._ops]
+            self._diss = sum(qutip.lindblad_dissipator(qutip.tensor(eye2, c)) for c in c_ops)
+        self.dt_bin = float(params.total_time) / task.n_bins
+        self.bound = float(task.bound(params, params.total_time))
+        self.reset()
+
+    def reset(self) -> None:
+        psi0 = np.array([1.0, 1j]) / np.sqrt(2)
+        if self.mixed:
+            rho = np.outer(psi0, psi0.conj())
+            M = np.zeros((4, 4), complex)
+            M[:2, :2] = rho
+            M[2:, 2:] = rho
+            self.state = qutip.Qobj(M, dims=[[2, 2], [2, 2]])
+        else:
+            v = np.zeros(4, complex)
+            v[2:] = psi0
+            self.state = qutip.Qobj(v, dims=[[2, 2], [1, 1]])
+        self.k, self.qfi, self.u = 0, 0.0, np.zeros(3)
+
+    def _control(self, action):
+        a = np.asarray(action, np.float64)
+        u_max, du_max, t0 = float(self.params.u_max), float(self.params.du_max), self.k * self.dt_bin
+        mode = self.task.control_mode
+        if mode == "zoh":
+            u = u_max * a
+            return (lambda t: u), u
+        u_end = np.clip(self.u + du_max * a, -u_max, u_max)
+        if mode == "increment":
+            return (lambda t: u_end), u_end
+        u0, dt = self.u, self.dt_bin
+        return (lambda t: u0 + (u_end - u0) * (t - t0) / dt), u_end
+
+    def step(self, action) -> tuple[float, bool]:
+        control, self.u = self._control(action)
+        B, omega = self.B, self.omega
+        # QuTiP 5 reads a coefficient's parameters other than t from ``args``: closures only
+        coeffs = [
+            _coeff(lambda t: -B * np.cos(omega * t) + control(t)[0]),
+            _coeff(lambda t: control(t)[1]),
+            _coeff(lambda t: -B * np.sin(omega * t) + control(t)[2]),
+            _coeff(self._dgx),
+            _coeff(self._dgz),
+        ]
+        tlist = [self.k * self.dt_bin, (self.k + 1) * self.dt_bin]
+        if self.mixed:
+            L = qutip.QobjEvo([self._diss] + [[op, f] for op, f in zip(self._superops, coeffs)])
+            self.state = qutip.mesolve(L, self.state, tlist, options=self.options).states[-1]
+            a = self.state.full()
+            qfi = qfi_sld_np(a[:2, :2], a[:2, 2:])
+        else:
+            H = qutip.QobjEvo([[op, f] for op, f in zip(self._ops, coeffs)])
+            self.state = qutip.sesolve(H, self.state, tlist, options=self.options).states[-1]
+            a = self.state.full().ravel()
+            qfi = qfi_pure_np(a[2:], a[:2])
+        reward = (qfi - self.qfi) / self.bound
+        self.qfi = qfi
+        self.k += 1
+        return reward, self.k >= self.task.n_bins
+
+
+def qfi_trajectory_time_dependent(task, params, actions: np.ndarray, options: dict | None = None) -> np.ndarray:
+    """I(t_k) after each bin of ``TimeDependentEstimation`` from QuTiP (``QutipTimeDependentStepper``)."""
+    stepper = QutipTimeDependentStepper(task, params, options)
+    out = []
+    for a in np.asarray(actions, np.float64):
+        stepper.step(a)
+        out.append(stepper.qfi)
+    return np.array(out)

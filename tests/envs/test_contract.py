@@ -19,7 +19,10 @@ from qsmgym.envs import TASKS, make_task
 IDS = sorted(TASKS)
 # Small variants keep the suite fast; the defaults are covered by the first test.
 SMALL = {"qsm/KickedTopSensor-v0": [{}, {"j": 2, "noise": "superradiant", "n_periods": 6},
-                                    {"j": 1.5, "noise": "phase", "action_type": "continuous", "observation": "density"}]}
+                                    {"j": 1.5, "noise": "phase", "action_type": "continuous", "observation": "density"}],
+         "qsm/TimeDependentEstimation-v0": [{"n_bins": 6, "noise": "dephasing", "control_mode": "ramp", "spread": 0.1},
+                                            {"n_bins": 5, "param": "B", "noise": "emission", "control_mode": "increment", "reward": "ratio"}],
+         }
 
 
 def variants():
