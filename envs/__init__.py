@@ -10,9 +10,11 @@ Functional cores (gymnax style) for jit/vmap/grad: ``task = make_task(id, **kwar
 
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
+from qsmgym.envs.memory_cutoff import MemoryCutoff
+from qsmgym.envs.repeater_delivery import RepeaterDelivery
 from qsmgym.envs.time_dependent import TimeDependentEstimation
 from qsmgym.envs.registry import TASKS, make_task, register_all
 
 register_all()
 
-__all__ = ["FunctionalEnv", "KickedTopSensor", "TimeDependentEstimation", "TASKS", "make_task", "register_all"]
+__all__ = ["FunctionalEnv", "KickedTopSensor", "MemoryCutoff", "RepeaterDelivery", "TimeDependentEstimation", "TASKS", "make_task", "register_all"]

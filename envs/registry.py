@@ -6,11 +6,15 @@ import gymnasium as gym
 
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
+from qsmgym.envs.memory_cutoff import MemoryCutoff
+from qsmgym.envs.repeater_delivery import RepeaterDelivery
 from qsmgym.envs.time_dependent import TimeDependentEstimation
 
 # id -> functional core class. The Gymnasium shell and the vector env are generic.
 TASKS: dict[str, type[FunctionalEnv]] = {
     "qsm/KickedTopSensor-v0": KickedTopSensor,
+    "qsm/MemoryCutoff-v0": MemoryCutoff,
+    "qsm/RepeaterDelivery-v0": RepeaterDelivery,
     "qsm/TimeDependentEstimation-v0": TimeDependentEstimation,
 }
 

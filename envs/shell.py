@@ -62,6 +62,15 @@ def validate_actions(space: gym.spaces.Space, action: Any, batch: int | None = N
                 f"got {name}={action!r}"
             )
         return arr
+    if isinstance(space, gym.spaces.MultiBinary):
+        shape = prefix + tuple(space.shape)
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got shape {arr.shape}: {action!r}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must be finite, got {name}={action!r}")
+        if not np.all((arr == 0) | (arr == 1)):
+            raise ValueError(f"{name} must be 0 or 1 for {space}, got {name}={action!r}")
+        return arr.astype(np.int32)
     raise TypeError(f"unsupported action space {space}")  # pragma: no cover
 
 

@@ -20,6 +20,12 @@ IDS = sorted(TASKS)
 # Small variants keep the suite fast; the defaults are covered by the first test.
 SMALL = {"qsm/KickedTopSensor-v0": [{}, {"j": 2, "noise": "superradiant", "n_periods": 6},
                                     {"j": 1.5, "noise": "phase", "action_type": "continuous", "observation": "density"}],
+         "qsm/MemoryCutoff-v0": [{"N": 2, "horizon": 50},
+                                 {"N": 4, "p": 0.5, "protocol": "six_state", "memory_noise": "depolarising"}],
+         # no delivery (termination) within the parity test's 5 steps at its seeds (checked);
+         # tests/envs/test_memory_cutoff.py checks parity through deliveries and autoreset
+         "qsm/RepeaterDelivery-v0": [{"n_nodes": 5, "p": 0.3, "p_swap": 0.5, "t_cut": 2},
+                                     {"n_nodes": 6, "p": 0.5, "p_swap": 0.5, "t_cut": 1}],
          "qsm/TimeDependentEstimation-v0": [{"n_bins": 6, "noise": "dephasing", "control_mode": "ramp", "spread": 0.1},
                                             {"n_bins": 5, "param": "B", "noise": "emission", "control_mode": "increment", "reward": "ratio"}],
          }
