@@ -10,6 +10,7 @@ Functional cores (gymnax style) for jit/vmap/grad: ``task = make_task(id, **kwar
 
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
+from qsmgym.envs.photon_shaping import PhotonShaping, PhotonStorage
 from qsmgym.envs.memory_cutoff import MemoryCutoff
 from qsmgym.envs.repeater_delivery import RepeaterDelivery
 from qsmgym.envs.time_dependent import TimeDependentEstimation
@@ -17,4 +18,4 @@ from qsmgym.envs.registry import TASKS, make_task, register_all
 
 register_all()
 
-__all__ = ["FunctionalEnv", "KickedTopSensor", "MemoryCutoff", "RepeaterDelivery", "TimeDependentEstimation", "TASKS", "make_task", "register_all"]
+__all__ = ["FunctionalEnv", "KickedTopSensor", "PhotonShaping", "PhotonStorage", "MemoryCutoff", "RepeaterDelivery", "TimeDependentEstimation", "TASKS", "make_task", "register_all"]

@@ -6,6 +6,7 @@ import gymnasium as gym
 
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
+from qsmgym.envs.photon_shaping import PhotonShaping, PhotonStorage
 from qsmgym.envs.memory_cutoff import MemoryCutoff
 from qsmgym.envs.repeater_delivery import RepeaterDelivery
 from qsmgym.envs.time_dependent import TimeDependentEstimation
@@ -13,6 +14,8 @@ from qsmgym.envs.time_dependent import TimeDependentEstimation
 # id -> functional core class. The Gymnasium shell and the vector env are generic.
 TASKS: dict[str, type[FunctionalEnv]] = {
     "qsm/KickedTopSensor-v0": KickedTopSensor,
+    "qsm/PhotonShaping-v0": PhotonShaping,
+    "qsm/PhotonStorage-v0": PhotonStorage,
     "qsm/MemoryCutoff-v0": MemoryCutoff,
     "qsm/RepeaterDelivery-v0": RepeaterDelivery,
     "qsm/TimeDependentEstimation-v0": TimeDependentEstimation,

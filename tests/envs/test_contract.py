@@ -28,6 +28,9 @@ SMALL = {"qsm/KickedTopSensor-v0": [{}, {"j": 2, "noise": "superradiant", "n_per
                                      {"n_nodes": 6, "p": 0.5, "p_swap": 0.5, "t_cut": 1}],
          "qsm/TimeDependentEstimation-v0": [{"n_bins": 6, "noise": "dephasing", "control_mode": "ramp", "spread": 0.1},
                                             {"n_bins": 5, "param": "B", "noise": "emission", "control_mode": "increment", "reward": "ratio"}],
+         "qsm/PhotonShaping-v0": [{"n_bins": 12, "width": 1.0, "omega_max": 30.0},
+                                  {"n_bins": 6, "complex_control": True, "delta": 0.5, "g_std": 0.1, "delta_std": 0.2}],
+         "qsm/PhotonStorage-v0": [{"n_bins": 12, "width": 1.0, "omega_max": 30.0, "reward": "increment", "g_std": 0.1}],
          }
 
 
