@@ -1,4 +1,4 @@
-"""Throughput benchmark for qsm/KickedTopSensor-v0: four paths measured in one run.
+"""Throughput benchmark: the kicked top's four paths, and three paths for every other task.
 
     python -m qsmgym.experiments.bench            # j in {5, 10, 20}, none + superradiant
     qsm bench --js 10 --seconds 2 --json out.json
@@ -8,6 +8,10 @@
 (c) the JAX vector env (gym.make_vec, --num-envs), (d) batched NumPy with the same
 precomputed propagators (what a skilled user writes by hand). All paths compute the QFI reward
 and the moments observation every step. Prints steps/s and the ratios b/a, c/a, c/d.
+
+Every other registered task (``TASK_ROWS``): (a) its reference implementation
+(``task.reference_stepper``: QuTiP for the quantum-dynamics tasks, plain NumPy/Python for the
+repeater models), (b) the shell, (c) the vector env; ratios b/a and c/a.
 """
 
 from __future__ import annotations
@@ -52,11 +56,11 @@ def bench_qutip(task, params, seconds: float, rng) -> float:
     return calls / elapsed
 
 
-def bench_shell(env_kwargs, seconds: float) -> float:
+def bench_shell(env_kwargs, seconds: float, env_id: str = "qsm/KickedTopSensor-v0") -> float:
     """(b) steps/s of the Gymnasium shell (one env, resets included)."""
     import gymnasium as gym
 
-    env = gym.make("qsm/KickedTopSensor-v0", **env_kwargs)
+    env = gym.make(env_id, **env_kwargs)
     env.reset(seed=0)
     env.action_space.seed(0)
     done = [False]
@@ -72,14 +76,14 @@ def bench_shell(env_kwargs, seconds: float) -> float:
     return calls / elapsed
 
 
-def bench_vector(env_kwargs, num_envs: int, seconds: float, rng) -> float:
+def bench_vector(env_kwargs, num_envs: int, seconds: float, rng, env_id: str = "qsm/KickedTopSensor-v0") -> float:
     """(c) steps/s (env steps, summed over the batch) of the native JAX vector env."""
     import gymnasium as gym
 
-    venv = gym.make_vec("qsm/KickedTopSensor-v0", num_envs=num_envs, **env_kwargs)
+    venv = gym.make_vec(env_id, num_envs=num_envs, **env_kwargs)
     venv.reset(seed=0)
-    n_act = venv.single_action_space.n
-    actions = [rng.integers(0, n_act, num_envs) for _ in range(8)]
+    venv.action_space.seed(int(rng.integers(2**31)))
+    actions = [venv.action_space.sample() for _ in range(8)]
     it = [0]
 
     def step():
@@ -199,6 +203,73 @@ def run(js=(5, 10, 20), noises=("none", "superradiant"), num_envs=1024, seconds=
     return rows
 
 
+# Every other registered task at the settings of its benchmark rows: (id, kwargs).
+TASK_ROWS = [
+    ("qsm/TimeDependentEstimation-v0", {}),
+    ("qsm/TimeDependentEstimation-v0", {"noise": "dephasing"}),
+    ("qsm/MemoryCutoff-v0", {}),
+    ("qsm/RepeaterDelivery-v0", {}),
+    ("qsm/PhotonShaping-v0", {}),
+    ("qsm/PhotonStorage-v0", {}),
+]
+
+
+def bench_reference(task, params, seconds: float, rng) -> float:
+    """(a) steps/s of the task's reference implementation (QuTiP for quantum dynamics, plain
+    NumPy/Python for the repeater models): ``task.reference_stepper``."""
+    stepper = task.reference_stepper(params, seed=0)
+    space = task.action_space(params)
+    space.seed(int(rng.integers(2**31)))
+    actions = [np.asarray(space.sample(), np.float64) if space.dtype.kind == "f" else space.sample() for _ in range(16)]
+    it = [0]
+
+    def step():
+        _, done = stepper.step(actions[it[0] % 16])
+        it[0] += 1
+        if done:
+            stepper.reset()
+
+    stepper.reset()
+    calls, elapsed = _timed(step, seconds)
+    return calls / elapsed
+
+
+def run_tasks(rows=None, num_envs=1024, seconds=3.0, paths="abc"):
+    """Paths a (reference), b (shell), c (vector env) for the non-kicked-top tasks."""
+    from qsmgym.envs import make_task
+
+    rng = np.random.default_rng(0)
+    out = []
+    for env_id, kwargs in TASK_ROWS if rows is None else rows:
+        task = make_task(env_id, **kwargs)
+        params = task.default_params()
+        label = ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults"
+        row = {"env_id": env_id, "kwargs": kwargs, "label": label, "num_envs": num_envs}
+        if "a" in paths:
+            row["reference"] = bench_reference(task, params, seconds, rng)
+        if "b" in paths:
+            row["shell"] = bench_shell(kwargs, seconds, env_id)
+        if "c" in paths:
+            row["jax_vector"] = bench_vector(kwargs, num_envs, seconds, rng, env_id)
+        if "reference" in row:
+            row["b/a"] = row.get("shell", np.nan) / row["reference"]
+            row["c/a"] = row.get("jax_vector", np.nan) / row["reference"]
+        out.append(row)
+        print(_format_task_row(row), flush=True)
+    return out
+
+
+def _format_task_row(row) -> str:
+    parts = [f"{row['env_id'].split('/')[1]:>30s} {row['label']:<18s}"]
+    for key in ("reference", "shell", "jax_vector"):
+        if key in row:
+            parts.append(f"{key}={row[key]:10.3g}/s")
+    for key in ("b/a", "c/a"):
+        if key in row:
+            parts.append(f"{key}={row[key]:8.3g}")
+    return "  ".join(parts)
+
+
 def _format_row(row) -> str:
     parts = [f"{row['noise']:>12s} j={row['j']:<3d}"]
     for key in ("qutip", "shell", "jax_vector", "numpy_batched"):
@@ -227,6 +298,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     p.add_argument("--paths", default="abcd", help="subset of a, b, c, d to run")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    p.add_argument("--tasks", choices=["all", "kicked-top", "others"], default="all",
+                   help="kicked-top table (paths a-d), the other tasks (paths a-c), or both")
     args = p.parse_args(argv)
     for name, value in (("num_envs", args.num_envs), ("seconds", args.seconds)):
         if value <= 0:
@@ -236,10 +309,15 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)
     print("hardware:", hardware_line())
     js = [int(j) if float(j).is_integer() else j for j in args.js]
-    rows = run(js, tuple(args.noise), args.num_envs, args.seconds, args.paths)
+    rows, task_rows = [], []
+    if args.tasks in ("all", "kicked-top"):
+        rows = run(js, tuple(args.noise), args.num_envs, args.seconds, args.paths)
+    if args.tasks in ("all", "others"):
+        print("other tasks: (a) reference implementation, (b) shell, (c) vector env")
+        task_rows = run_tasks(None, args.num_envs, args.seconds, args.paths.replace("d", ""))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"hardware": hardware_line(), "rows": rows}, f, indent=2)
+            json.dump({"hardware": hardware_line(), "rows": rows, "task_rows": task_rows}, f, indent=2)
     return 0
 
 

@@ -28,3 +28,11 @@ def test_numpy_reference_matches_jax_core():
         for i in range(2):
             q = float(task.qfi_trajectory(params, params.k_grid[acts[:, i]])[-1])
             np.testing.assert_allclose(sim.qfi[i], q, rtol=1e-10)
+
+
+def test_every_other_task_has_three_paths():
+    rows = bench.run_tasks(num_envs=8, seconds=0.02)
+    assert {r["env_id"] for r in rows} | {"qsm/KickedTopSensor-v0"} == set(__import__("qsmgym.envs", fromlist=["TASKS"]).TASKS)
+    for row in rows:
+        for key in ("reference", "shell", "jax_vector", "b/a", "c/a"):
+            assert math.isfinite(row[key]) and row[key] > 0
