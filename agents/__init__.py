@@ -1,7 +1,10 @@
 """Agents that train against qsm-gym's functional cores.
 
-cem: cross-entropy method over open-loop sequences (this release); PPO, model-aware RL and
-GRAPE come with their issues.
+Modules: ``cem`` (cross-entropy method over open-loop sequences), ``grape`` (gradient ascent
+on open-loop controls through any differentiable core), ``ppo`` (PPO with MLP/LSTM policies,
+jitted end to end), ``repeater_baselines`` (exact chains and value iteration for the repeater
+tasks), ``rollout``. Model-aware RL comes with its issue. The names below are CEM's, kept for
+compatibility: ``from qsmgym.agents import ppo, grape`` for the others.
 """
 
 from qsmgym.agents.cem import CEMConfig, CEMResult, default_hyper, make_train, train_cem

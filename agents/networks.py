@@ -1,0 +1,107 @@
+"""Actor-critic networks of the PPO agent (flax.linen), MLP and LSTM, float32.
+
+One call signature for both, on time-major sequences:
+
+    carry, pi, value = net.apply(variables, carry, obs, resets)
+    # obs (T, B, obs_dim), resets (T, B) bool -> pi (see distributions.log_prob), value (T, B)
+
+``resets[t]`` is True when ``obs[t]`` is the first observation of an episode (the previous
+step ended one): the LSTM carry is set to zero before that step, so no memory crosses an
+episode boundary. The MLP's carry is the empty tuple and it ignores ``resets``. Observations
+are cast to float32 whatever their dtype (the envs' physics runs in float64; the policy does
+not need it).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qsmgym.agents.distributions import PolicySpec
+
+NETWORKS = ("mlp", "lstm")
+
+
+def _dense(features: int, scale: float) -> nn.Dense:
+    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale),
+                    bias_init=nn.initializers.zeros)
+
+
+class _Torso(nn.Module):
+    hidden_sizes: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x):
+        for size in self.hidden_sizes:
+            x = nn.tanh(_dense(size, np.sqrt(2.0))(x))
+        return x
+
+
+class _ScannedLSTM(nn.Module):
+    """LSTM over time with a zero carry wherever ``resets`` is True (PureJaxRL's ScannedRNN)."""
+
+    features: int
+
+    @functools.partial(nn.scan, variable_broadcast="params", in_axes=0, out_axes=0,
+                       split_rngs={"params": False})
+    @nn.compact
+    def __call__(self, carry, inputs):
+        x, resets = inputs
+        carry = jax.tree_util.tree_map(
+            lambda c: jnp.where(resets[:, None], jnp.zeros_like(c), c), carry
+        )
+        return nn.OptimizedLSTMCell(self.features)(carry, x)
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic heads; MLP: separate torsos; LSTM: a shared LSTM core.
+
+    Attributes:
+        spec: the policy's spaces (``PolicySpec``).
+        network: "mlp" or "lstm".
+        hidden_sizes: widths of the tanh layers (MLP torsos; the LSTM's input embedding
+            uses the first, its heads the rest).
+        lstm_size: LSTM features.
+        init_log_std: initial log-std of the Box Gaussian (half-range units).
+    """
+
+    spec: PolicySpec
+    network: str = "mlp"
+    hidden_sizes: Sequence[int] = (64, 64)
+    lstm_size: int = 64
+    init_log_std: float = -0.5
+
+    @nn.compact
+    def __call__(self, carry, obs, resets):
+        x = jnp.asarray(obs, jnp.float32)
+        if self.network == "lstm":
+            embed = nn.tanh(_dense(self.hidden_sizes[0], np.sqrt(2.0))(x))
+            carry, core = _ScannedLSTM(self.lstm_size)(carry, (embed, resets))
+            actor_in = critic_in = core
+            actor = _Torso(tuple(self.hidden_sizes[1:]), name="actor_torso")(actor_in)
+            critic = _Torso(tuple(self.hidden_sizes[1:]), name="critic_torso")(critic_in)
+        else:
+            actor = _Torso(tuple(self.hidden_sizes), name="actor_torso")(x)
+            critic = _Torso(tuple(self.hidden_sizes), name="critic_torso")(x)
+        out = _dense(self.spec.action_dim, 0.01)(actor)
+        value = _dense(1, 1.0)(critic)[..., 0]
+        if self.spec.kind == "box":
+            log_std = self.param("log_std", nn.initializers.constant(self.init_log_std),
+                                 (self.spec.action_dim,), jnp.float32)
+            pi = (out, jnp.broadcast_to(log_std, out.shape))
+        else:
+            pi = out
+        return carry, pi, value
+
+
+def initial_carry(network: str, lstm_size: int, batch: int):
+    """The zero carry of ``batch`` sequences: (c, h) each (batch, lstm_size), or () (MLP)."""
+    if network == "lstm":
+        zeros = jnp.zeros((batch, lstm_size), jnp.float32)
+        return (zeros, zeros)
+    return ()
