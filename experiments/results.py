@@ -240,6 +240,9 @@ def run_grape(task, params, seeds, settings: dict) -> RunRecord:
 # ------------------------------------------------------------------------------- registry
 _KT = dict(j=5, n_periods=20, noise="superradiant", gamma=0.01, theta0=math.pi / 2, phi0=math.pi / 2)
 _MC = dict(N=2, horizon=200)
+_MC4 = dict(N=4, horizon=200)
+_TD_DEPH = dict(noise="dephasing", gamma=0.05)
+_TD_EMIS = dict(noise="emission", gamma=0.05)
 
 
 def _ppo(num_envs, num_steps, total_timesteps, minibatches=4, eval_episodes=16, **hyper):
@@ -282,6 +285,11 @@ ENTRIES: list[Entry] = [
     }),
     Entry("memory-cutoff", "MemoryCutoff N=2, 200 slots", "qsm/MemoryCutoff-v0", _MC,
           "best fixed cut-off (exact)", reference_key="best_fixed_cutoff_return"),
+    Entry("photon-shaping", "PhotonShaping C=9 gaussian", "qsm/PhotonShaping-v0", {}, "CEM", run_cem, {
+        "tiny": {"config": dict(population=8, n_elite=2, iterations=2)},
+        "default": {"config": dict(population=64, n_elite=8, iterations=100)},  # ~2e4 steps/s: 3.2M steps
+        "full": {"config": dict(population=512, n_elite=50, iterations=600)},
+    }),
     Entry("photon-shaping", "PhotonShaping C=9 gaussian", "qsm/PhotonShaping-v0", {}, "GRAPE", run_grape, {
         "tiny": {"config": dict(iterations=2, restarts=1)},
         "default": {"config": dict(iterations=300, restarts=2)},
@@ -292,6 +300,40 @@ ENTRIES: list[Entry] = [
         "default": _ppo(16, 50, 96_000, learning_rate=1e-3, gamma=1.0),
         "full": _ppo(32, 50, 960_000, learning_rate=1e-3, gamma=1.0),
     }),
+]
+
+for _label, _kw in (("TimeDependent dephasing 0.05", _TD_DEPH), ("TimeDependent emission 0.05", _TD_EMIS)):
+    ENTRIES += [
+        Entry("time-dependent-noisy", _label, "qsm/TimeDependentEstimation-v0", _kw, "PPO", run_ppo, {
+            "tiny": _ppo(4, 20, 160, minibatches=2, eval_episodes=2),
+            "default": _ppo(16, 40, 192_000, learning_rate=1e-3, gamma=1.0, ent_coef=0.0),
+            "full": _ppo(32, 40, 1_920_000, learning_rate=1e-3, gamma=1.0, ent_coef=0.0),
+        }),
+        Entry("time-dependent-noisy", _label, "qsm/TimeDependentEstimation-v0", _kw, "CEM", run_cem, {
+            "tiny": {"config": dict(population=8, n_elite=2, iterations=2)},
+            "default": {"config": dict(population=256, n_elite=25, iterations=100)},
+            "full": {"config": dict(population=512, n_elite=50, iterations=400)},
+        }),
+        Entry("time-dependent-noisy", _label, "qsm/TimeDependentEstimation-v0", _kw,
+              "GRAPE optimum (tabulated)", reference_key="grape_fraction"),
+    ]
+ENTRIES += [
+    Entry("memory-cutoff-4", "MemoryCutoff N=4, 200 slots", "qsm/MemoryCutoff-v0", _MC4, "PPO", run_ppo, {
+        "tiny": _ppo(4, 50, 400, minibatches=2, eval_episodes=2),
+        "default": _ppo(16, 50, 400_000, eval_episodes=32),
+        "full": _ppo(32, 50, 4_000_000, eval_episodes=64),
+    }),
+    Entry("memory-cutoff-4", "MemoryCutoff N=4, 200 slots", "qsm/MemoryCutoff-v0", _MC4,
+          "best fixed cut-off (exact)", reference_key="best_fixed_cutoff_return"),
+    Entry("repeater-delivery", "RepeaterDelivery n=5 p=0.9 ps=0.5 tcut=2", "qsm/RepeaterDelivery-v0", {}, "PPO", run_ppo, {
+        "tiny": _ppo(4, 20, 160, minibatches=2, eval_episodes=2),
+        "default": _ppo(16, 64, 600_000, eval_episodes=4096, gamma=1.0),
+        "full": _ppo(32, 64, 3_000_000, eval_episodes=16384, gamma=1.0),
+    }),
+    Entry("repeater-delivery", "RepeaterDelivery n=5 p=0.9 ps=0.5 tcut=2", "qsm/RepeaterDelivery-v0", {},
+          "value-iteration optimum (exact)", reference_key="physical_limit"),
+    Entry("repeater-delivery", "RepeaterDelivery n=5 p=0.9 ps=0.5 tcut=2", "qsm/RepeaterDelivery-v0", {},
+          "swap ASAP (exact)", reference_key="naive_baseline"),
 ]
 
 TASK_KEYS = tuple(dict.fromkeys(e.task for e in ENTRIES))
