@@ -8,6 +8,7 @@ Functional cores (gymnax style) for jit/vmap/grad: ``task = make_task(id, **kwar
 ``params = task.default_params()``, ``obs, state = task.reset(key, params)``.
 """
 
+from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
 from qsmgym.envs.photon_shaping import PhotonShaping, PhotonStorage
@@ -18,4 +19,4 @@ from qsmgym.envs.registry import TASKS, make_task, register_all
 
 register_all()
 
-__all__ = ["FunctionalEnv", "KickedTopSensor", "PhotonShaping", "PhotonStorage", "MemoryCutoff", "RepeaterDelivery", "TimeDependentEstimation", "TASKS", "make_task", "register_all"]
+__all__ = ["BayesianMagnetometry", "FunctionalEnv", "KickedTopSensor", "PhotonShaping", "PhotonStorage", "MemoryCutoff", "RepeaterDelivery", "TimeDependentEstimation", "TASKS", "make_task", "register_all"]

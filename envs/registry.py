@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
 from qsmgym.envs.core import FunctionalEnv
 from qsmgym.envs.kicked_top import KickedTopSensor
 from qsmgym.envs.photon_shaping import PhotonShaping, PhotonStorage
@@ -19,6 +20,7 @@ TASKS: dict[str, type[FunctionalEnv]] = {
     "qsm/MemoryCutoff-v0": MemoryCutoff,
     "qsm/RepeaterDelivery-v0": RepeaterDelivery,
     "qsm/TimeDependentEstimation-v0": TimeDependentEstimation,
+    "qsm/BayesianMagnetometry-v0": BayesianMagnetometry,
 }
 
 

@@ -211,6 +211,7 @@ TASK_ROWS = [
     ("qsm/RepeaterDelivery-v0", {}),
     ("qsm/PhotonShaping-v0", {}),
     ("qsm/PhotonStorage-v0", {}),
+    ("qsm/BayesianMagnetometry-v0", {}),
 ]
 
 
