@@ -128,8 +128,18 @@ def test_end_to_end_tiny_budget(tiny_run):
     assert cem["env_steps"] == 2 * 8 * 20 and len(cem["curve"]["env_steps"]) == 2
 
 
+_HANGS = pytest.mark.xfail(
+    run=False,
+    reason="reproducible XLA CPU hang (all threads futex-waiting in block_until_ready): "
+    "python -m qsmgym.experiments.results --out /tmp/x --seeds 2 --budget tiny --tasks time-dependent-noisy "
+    "(jaxlib 0.10.2; open, see docs/results/README.md)",
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("group", results.TASK_KEYS)
+@pytest.mark.parametrize(
+    "group", [pytest.param(g, marks=_HANGS) if g == "time-dependent-noisy" else g for g in results.TASK_KEYS]
+)
 def test_every_entry_end_to_end_tiny_budget(group, tmp_path):
     # One process per task group, as the table is made (docs/results/README.md): a single
     # process running every entry has hung inside XLA's CPU runtime (jaxlib 0.10.2).
