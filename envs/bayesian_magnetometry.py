@@ -23,7 +23,7 @@ from qsmgym.agents.particle_filter import (
     mean_cov,
 )
 from qsmgym.envs.core import FunctionalEnv
-from qsmgym.envs.kicked_top import _check_choice, _check_real
+from qsmgym.envs.kicked_top import _check_choice, _check_positive_int, _check_real
 
 BUDGETS = ("measurements", "time")
 REWARDS = ("posterior_variance", "se_terminal", "se_cumulative")
@@ -213,8 +213,7 @@ class BayesianMagnetometry(FunctionalEnv):
         _check_choice("reward", reward, REWARDS)
         _check_choice("jitter", jitter, JITTERS)
         for name, value in (("n_measurements", n_measurements), ("n_particles", n_particles)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+            _check_positive_int(name, value)
         for name, value in (("unknown_t2", unknown_t2), ("control_phase", control_phase), ("resample", resample)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {name}={value!r}")

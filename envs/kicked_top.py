@@ -100,6 +100,13 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {name}={value!r}")
 
 
+def _check_positive_int(name: str, value: Any) -> int:
+    """A positive int (bools refused), named in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+    return int(value)
+
+
 def _check_real(name: str, value: Any, *, positive: bool = False, nonneg: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {name}={value!r}")
@@ -225,9 +232,7 @@ class KickedTopSensor(FunctionalEnv):
         super().__init__(max_episode_steps=max_episode_steps)
         self.d = spin_dimension(j)
         self.j = (self.d - 1) / 2
-        if isinstance(n_periods, bool) or not isinstance(n_periods, (int, np.integer)) or n_periods < 1:
-            raise ValueError(f"n_periods must be a positive int, got n_periods={n_periods!r}")
-        self.n_periods = int(n_periods)
+        self.n_periods = _check_positive_int("n_periods", n_periods)
         _check_choice("precession_axis", precession_axis, AXES)
         _check_choice("kick_axis", kick_axis, AXES)
         if precession_axis == kick_axis:

@@ -12,7 +12,7 @@ import numpy as np
 from flax import struct
 
 from qsmgym.envs.core import FunctionalEnv
-from qsmgym.envs.kicked_top import _check_choice, _check_real
+from qsmgym.envs.kicked_top import _check_choice, _check_positive_int, _check_real
 from qsmgym.physics.bloch import (
     dissipator_bloch,
     expm_taylor,
@@ -229,8 +229,7 @@ class TimeDependentEstimation(FunctionalEnv):
         _check_choice("reward", reward, REWARDS)
         _check_choice("integrator", integrator, INTEGRATORS)
         for name, value in (("n_bins", n_bins), ("n_substeps", n_substeps)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+            _check_positive_int(name, value)
         self.param, self.control_mode, self.noise = param, control_mode, noise
         self.dephasing_convention, self.reward_mode, self.integrator = dephasing_convention, reward, integrator
         self.n_bins, self.n_substeps = int(n_bins), int(n_substeps)
