@@ -177,6 +177,30 @@ def _open_loop_eval(task, params, actions, seeds, n_episodes: int):
     return np.asarray(out, np.float64), time.perf_counter() - start
 
 
+def _run_open_loop(agent, config, task, params, seeds, settings: dict, *, best_actions: str,
+                   curve: str, per_iter: int, curve_label: str) -> RunRecord:
+    """Shared body of the open-loop agents (CEM, GRAPE): train all seeds in one vmapped jit,
+    score the best sequence on evaluation keys. ``best_actions`` and ``curve`` name the
+    result fields; ``per_iter`` is the env steps per iteration and seed."""
+    import jax
+
+    hyper = _hyper(agent.default_hyper(), settings.get("hyper", {}))
+    train = jax.vmap(agent.make_train(config, task, params), in_axes=(0, None))
+    result, compile_s, train_s = _compile_and_run(train, _keys(seeds), hyper)
+    n_eval = int(settings.get("eval_episodes", 1))
+    returns, eval_s = _open_loop_eval(task, params, getattr(result, best_actions), seeds, n_eval)
+    return RunRecord(
+        final_returns=returns,
+        curve_steps=per_iter * np.arange(1, config.iterations + 1),
+        curve_returns=np.asarray(getattr(result, curve), np.float64),
+        env_steps=config.iterations * per_iter,
+        compile_s=compile_s, train_s=train_s, eval_s=eval_s,
+        curve_label=curve_label,
+        settings={"config": dataclasses.asdict(config), "hyper": settings.get("hyper", {}),
+                  "eval_episodes": n_eval},
+    )
+
+
 def run_cem(task, params, seeds, settings: dict) -> RunRecord:
     """CEM over open-loop sequences (``agents.cem``), seeds vmapped; final score: the open-loop
     return of the best sequence on evaluation keys.
@@ -184,27 +208,12 @@ def run_cem(task, params, seeds, settings: dict) -> RunRecord:
     settings: ``config`` (CEMConfig kwargs except n_steps = task.horizon), ``hyper``
     (overrides of ``cem.default_hyper``), ``eval_episodes``.
     """
-    import jax
-
     from qsmgym.agents import cem
 
     config = cem.CEMConfig(n_steps=int(task.horizon), **settings["config"])
-    hyper = _hyper(cem.default_hyper(), settings.get("hyper", {}))
-    train = jax.vmap(cem.make_train(config, task, params), in_axes=(0, None))
-    result, compile_s, train_s = _compile_and_run(train, _keys(seeds), hyper)
-    n_eval = int(settings.get("eval_episodes", 1))
-    returns, eval_s = _open_loop_eval(task, params, result.best_actions, seeds, n_eval)
-    per_iter = config.population * config.n_steps
-    return RunRecord(
-        final_returns=returns,
-        curve_steps=per_iter * np.arange(1, config.iterations + 1),
-        curve_returns=np.asarray(result.best_so_far, np.float64),
-        env_steps=config.iterations * per_iter,
-        compile_s=compile_s, train_s=train_s, eval_s=eval_s,
-        curve_label="best return so far",
-        settings={"config": dataclasses.asdict(config), "hyper": settings.get("hyper", {}),
-                  "eval_episodes": n_eval},
-    )
+    return _run_open_loop(cem, config, task, params, seeds, settings, best_actions="best_actions",
+                          curve="best_so_far", per_iter=config.population * config.n_steps,
+                          curve_label="best return so far")
 
 
 def run_grape(task, params, seeds, settings: dict) -> RunRecord:
@@ -214,27 +223,12 @@ def run_grape(task, params, seeds, settings: dict) -> RunRecord:
     settings: ``config`` (GrapeConfig kwargs except n_steps = task.horizon), ``hyper``
     (overrides of ``grape.default_hyper``), ``eval_episodes``.
     """
-    import jax
-
     from qsmgym.agents import grape
 
     config = grape.GrapeConfig(n_steps=int(task.horizon), **settings["config"])
-    hyper = _hyper(grape.default_hyper(), settings.get("hyper", {}))
-    train = jax.vmap(grape.make_train(config, task, params), in_axes=(0, None))
-    result, compile_s, train_s = _compile_and_run(train, _keys(seeds), hyper)
-    n_eval = int(settings.get("eval_episodes", 1))
-    returns, eval_s = _open_loop_eval(task, params, result.actions, seeds, n_eval)
-    per_iter = config.restarts * config.n_keys * config.n_steps
-    return RunRecord(
-        final_returns=returns,
-        curve_steps=per_iter * np.arange(1, config.iterations + 1),
-        curve_returns=np.asarray(result.history, np.float64),
-        env_steps=config.iterations * per_iter,
-        compile_s=compile_s, train_s=train_s, eval_s=eval_s,
-        curve_label="best mean return over restarts (forward env steps)",
-        settings={"config": dataclasses.asdict(config), "hyper": settings.get("hyper", {}),
-                  "eval_episodes": n_eval},
-    )
+    return _run_open_loop(grape, config, task, params, seeds, settings, best_actions="actions",
+                          curve="history", per_iter=config.restarts * config.n_keys * config.n_steps,
+                          curve_label="best mean return over restarts (forward env steps)")
 
 
 # ------------------------------------------------------------------------------- registry
