@@ -3,7 +3,8 @@
 Modules: ``cem`` (cross-entropy method over open-loop sequences), ``grape`` (gradient ascent
 on open-loop controls through any differentiable core), ``ppo`` (PPO with MLP/LSTM policies,
 jitted end to end), ``repeater_baselines`` (exact chains and value iteration for the repeater
-tasks), ``rollout``. Model-aware RL comes with its issue. The names below are CEM's, kept for
+tasks), ``rollout``, ``model_aware`` (a closed-loop policy trained by backpropagation
+through a differentiable core). The names below are CEM's, kept for
 compatibility: ``from qsmgym.agents import ppo, grape`` for the others.
 """
 

@@ -33,7 +33,7 @@ def test_registry_covers_the_issue_rows_and_select_validates():
     for e in results.ENTRIES:
         if e.runner is not None:
             assert set(e.budgets) == set(results.BUDGETS), (e.task, e.agent)
-    assert {e.agent for e in results.select(tasks=["time-dependent"])} == {"PPO", "CEM", "GRAPE"}
+    assert {e.agent for e in results.select(tasks=["time-dependent"])} == {"PPO", "CEM", "GRAPE", "model-aware"}
     assert all(e.agent == "GRAPE" for e in results.select(agents=["GRAPE"]))
     with pytest.raises(ValueError, match="tasks must be among"):
         results.select(tasks=["nope"])
