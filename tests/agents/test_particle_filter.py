@@ -247,3 +247,18 @@ def test_bad_jitter_raises():
     pf = init_uniform(jax.random.PRNGKey(0), 4, LOW, HIGH)
     with pytest.raises(ValueError, match="jitter"):
         resample(jax.random.PRNGKey(0), pf, LOW, HIGH, ResampleConfig(jitter="bogus"))
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 480, 1000])
+def test_two_level_search_equals_searchsorted(size):
+    # _draw_indices' search must give exactly jnp.searchsorted(side="right"): ties, zero
+    # weights (flat cdf stretches), queries at 0, at the total and beyond.
+    from qsmgym.agents.particle_filter import _search_right
+
+    rng = np.random.default_rng(size)
+    w = rng.random(size) ** 8
+    w[rng.random(size) < 0.3] = 0.0
+    cdf = jnp.asarray(np.cumsum(w))  # sequential sums: monotone (XLA's parallel cumsum can dip by an ulp)
+    x = jnp.concatenate([jnp.asarray(rng.random(997)) * cdf[-1], cdf, jnp.array([0.0, -1.0, float(cdf[-1]) + 1])])
+    np.testing.assert_array_equal(np.asarray(jax.jit(_search_right)(cdf, x)),
+                                  np.asarray(jnp.searchsorted(cdf, x, side="right")))

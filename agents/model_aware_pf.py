@@ -1,0 +1,462 @@
+"""Model-aware RL with a differentiable particle filter, for ``qsm/BayesianMagnetometry-v0``.
+
+The policy picks the Ramsey evolution time tau (and optionally the readout phase) from the
+particle filter's posterior summary; it is trained by Adam on the *whole simulated loop*
+(true omega drawn from the prior, sampled outcomes, Bayes updates, partial soft resampling),
+differentiated end to end. After Belliardo, Zoratti, Marquardt & Giovannetti, Quantum 8, 1555
+(2024), arXiv:2312.16985, and its library qsensoropt 1.1.0. Spec:
+shared/reference/bayesian-magnetometry.md, sections 3-5 and 7.
+
+Gradient estimator (spec section 4), per episode b and step t, with l_{b,t} the squared error
+of the posterior mean of omega and S_{b,t} = sum_{s<=t} log p(y_{b,s} | omega_b, tau_{b,s}):
+
+    l~_{b,t} = l_{b,t} + sg(l_{b,t} - baseline_t) (S_{b,t} - sg(S_{b,t}))
+
+- pathwise part: policy -> tau -> p(y | theta_j, tau) at every particle -> Bayes weights ->
+  soft-resampling ratios with the Ścibior–Wood factor (agents/particle_filter.resample) ->
+  Liu–West move -> posterior mean -> l;
+- score-function part: the sampled outcomes y ~ p(y | omega_b, tau) depend on tau; the
+  ``sg(l) (S - sg(S))`` term (zero in value, so the reported loss is the true one) is their
+  REINFORCE term.
+
+Losses (spec section 5): ``loss="log"``: the gradient of log mean_b l_{b,t} is taken as that
+of mean_b l~_{b,t} / sg(mean_b l_{b,t}); ``loss="plain"``: mean_b l~_{b,t}. ``cumulative``:
+average the per-step losses over t = 1..N (an episode that has finished keeps its last
+estimate); otherwise only t = N counts. NV-DC-24 uses log + cumulative.
+
+Policies:
+- ``"nn"``: qsensoropt's ``standard_model``: ``layers`` Dense(``hidden``) layers with its
+  variance-preserving gain x tanh activations (``tanh_gains``) and a tanh output o; tau = 1 + prefact |o_0| (qsensoropt's tau = prefact |NN| + 1), phase = pi o_1.
+  Inputs: the env's observation features (see ``features``), gradient-stopped by default.
+  Preconditioned (12 epochs, batch 1024, 16,384 uniform inputs in [-1, 1]^k) by an MSE fit of
+  o_0 to (x_last + 1)/2, x_last the normalised resources, so that tau starts by growing
+  linearly with the resources spent.
+- ``"static"``: a learned, outcome-independent sequence: tau_k = |prefact v_k + 1| with
+  v_k = k/N initially (phase_k learned from 0 with ``control_phase``).
+
+Adam with qsensoropt's InverseSqrtDecay, lr_i = lr / sqrt(i + 1). The training run is split
+into blocks of ``checkpoint_every`` steps and the parameters at the end of the block with the
+lowest mean training loss are returned (qsensoropt's ``train(load_best=True)``).
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+    task = BayesianMagnetometry(); params = task.default_params()
+    config = mapf.ModelAwarePFConfig(policy="static", iterations=256, batch=256)
+    result = jax.jit(mapf.make_train(config, task, params))(jax.random.PRNGKey(0),
+                                                            mapf.default_hyper("static"))
+    curves = mapf.evaluate(config, task, params, result.policy_params, jax.random.PRNGKey(1), 16384)
+    curves["se"].mean(0)   # MSE(n), n = 1..N
+
+``make_train(config, task, params) -> train(key, hyper)`` is jittable and vmappable over keys
+and hyperparameters (one XLA program for seeds x learning rates), like every agent here.
+
+Precision: ``dtype="float32"`` (default, qsensoropt's) runs the filter in single precision:
+the weights are renormalised after every update and N = 24 likelihood factors stay far above
+float32's range; MSEs down to ~1e-5 keep ~3 digits. Use "float64" for gradient checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from qsmgym.agents.particle_filter import (
+    ParticleFilter,
+    bayes_update,
+    init_uniform,
+    maybe_resample,
+    mean_cov,
+)
+from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry, nrm, ramsey_probability
+
+POLICIES = ("nn", "static")
+LOSSES = ("log", "plain")
+BASELINES = ("none", "batch_mean")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class ModelAwarePFConfig:
+    """Static settings (shapes, switches); traced ones live in ``default_hyper``.
+
+    Args:
+        policy: "nn" (adaptive, from the posterior summary) or "static" (open loop).
+        iterations: Adam steps.
+        batch: episodes per Adam step.
+        loss: "log" or "plain" (spec section 5).
+        cumulative: average the loss over all steps (True) or use the last step only.
+        score_function: add the outcome score term (False: pathwise only, biased).
+        baseline: "none" or "batch_mean" (per-step batch mean of l, subtracted in the score
+            term; includes episode b itself, an O(1/batch) bias).
+        stop_gradient_input: no gradient from the policy inputs back into the filter.
+        stop_gradient_filter: stop the gradient through the filter between steps (greedy).
+        checkpoint_every: block length of the keep-the-best-block rule (divides iterations).
+        hidden, layers: the NN's width and depth.
+        precondition_epochs, precondition_batch, precondition_samples: the NN's initial fit.
+        n_steps: measurements per training episode (default: the task's horizon).
+        dtype: "float32" or "float64" for the filter and the network.
+    """
+
+    policy: str = "nn"
+    iterations: int = 256
+    batch: int = 256
+    loss: str = "log"
+    cumulative: bool = True
+    score_function: bool = True
+    baseline: str = "none"
+    stop_gradient_input: bool = True
+    stop_gradient_filter: bool = False
+    checkpoint_every: int = 128
+    hidden: int = 64
+    layers: int = 5
+    precondition_epochs: int = 12
+    precondition_batch: int = 1024
+    precondition_samples: int = 16384
+    n_steps: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name, value, choices in (("policy", self.policy, POLICIES), ("loss", self.loss, LOSSES),
+                                     ("baseline", self.baseline, BASELINES), ("dtype", self.dtype, DTYPES)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {name}={value!r}")
+        for name in ("iterations", "batch", "checkpoint_every", "hidden", "layers", "precondition_batch",
+                     "precondition_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+        for name in ("precondition_epochs",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {name}={value!r}")
+        if self.n_steps is not None and (isinstance(self.n_steps, bool) or not isinstance(self.n_steps, (int, np.integer))
+                                         or self.n_steps < 1):
+            raise ValueError(f"n_steps must be a positive int or None, got n_steps={self.n_steps!r}")
+        if self.iterations % self.checkpoint_every:
+            raise ValueError(f"checkpoint_every must divide iterations, got checkpoint_every="
+                             f"{self.checkpoint_every!r} with iterations={self.iterations!r}")
+        if self.precondition_samples % self.precondition_batch:
+            raise ValueError(f"precondition_batch must divide precondition_samples, got precondition_batch="
+                             f"{self.precondition_batch!r} with precondition_samples={self.precondition_samples!r}")
+        for name in ("cumulative", "score_function", "stop_gradient_input", "stop_gradient_filter"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {name}={getattr(self, name)!r}")
+
+
+def default_hyper(policy: str = "nn") -> dict[str, jnp.ndarray]:
+    """Traced hyperparameters (spec section 7): Adam's initial rate of InverseSqrtDecay (1e-3
+    for the NN, 0.1 for the static sequence) and the preconditioning rate (Adam, constant)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got policy={policy!r}")
+    return {"learning_rate": jnp.asarray(1e-3 if policy == "nn" else 0.1),
+            "precondition_lr": jnp.asarray(1e-3)}
+
+
+def tanh_gains(n_inputs: int, hidden: int, outputs: int, sigma_input: float = 0.33) -> tuple[float, float, float]:
+    """qsensoropt's ``standard_model(normalize_activation=True)`` gains (first hidden layer,
+    middle ones, last hidden layer): g = sigma_input / sqrt(E[tanh(z)^2]), z ~ N(0, s^2) with s
+    the Glorot pre-activation spread of that layer (s = sqrt(2 fan_in/(fan_in + fan_out))
+    sigma_input; sigma_input for the middle layers), so g tanh keeps the activations' spread."""
+    from scipy import integrate
+
+    def gain(s):
+        pdf = lambda z: math.exp(-0.5 * z * z / (s * s)) / (math.sqrt(2 * math.pi) * s)  # noqa: E731
+        c = integrate.quad(lambda z: math.tanh(z) ** 2 * pdf(z), -math.inf, math.inf)[0]
+        return sigma_input / math.sqrt(c)
+
+    return (gain(math.sqrt(2 * n_inputs / (n_inputs + hidden)) * sigma_input), gain(sigma_input),
+            gain(math.sqrt(2 * hidden / (outputs + hidden)) * sigma_input))
+
+
+class TauNetwork(nn.Module):
+    """qsensoropt's ``standard_model``: ``layers`` x Dense(``hidden``) with gain x tanh
+    activations (``gains`` = first, middle, last hidden layer; see ``tanh_gains``), then
+    Dense(``outputs``) + tanh. Glorot-uniform kernels and zero biases (Keras' defaults)."""
+
+    hidden: int = 64
+    layers: int = 5
+    outputs: int = 1
+    gains: tuple = (1.0, 1.0, 1.0)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dense = lambda n: nn.Dense(n, kernel_init=nn.initializers.glorot_uniform(), dtype=self.dtype,  # noqa: E731
+                                   param_dtype=self.dtype)
+        for i in range(self.layers):
+            g = self.gains[0] if i == 0 else (self.gains[2] if i == self.layers - 1 else self.gains[1])
+            x = g * jnp.tanh(dense(self.hidden)(x))
+        return jnp.tanh(dense(self.outputs)(x))
+
+
+@struct.dataclass
+class ModelAwarePFResult:
+    policy_params: Any  # the kept parameters (end of the best block)
+    final_params: Any  # the parameters after the last step
+    history: jnp.ndarray  # (iterations,) training loss (log form for loss="log") per step
+    block_losses: jnp.ndarray  # (iterations // checkpoint_every,) mean training loss per block
+    best_block: jnp.ndarray  # () index of the kept block
+    precondition_loss: jnp.ndarray  # () final MSE of the NN's preconditioning fit (0 for static)
+
+
+def _check_task(task) -> None:
+    if not isinstance(task, BayesianMagnetometry):
+        raise TypeError(f"task must be a BayesianMagnetometry core, got task={task!r}")
+
+
+class _Setup:
+    """Everything static derived from (config, task, params): the network, sizes, bounds."""
+
+    def __init__(self, config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any):
+        _check_task(task)
+        if not isinstance(config, ModelAwarePFConfig):
+            raise TypeError(f"config must be a ModelAwarePFConfig, got config={config!r}")
+        self.config, self.task = config, task
+        self.dtype = jnp.float32 if config.dtype == "float32" else jnp.float64
+        self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), params)
+        self.n_steps = task.horizon if config.n_steps is None else int(config.n_steps)
+        if self.n_steps > task.horizon:
+            raise ValueError(f"n_steps must be <= the task's horizon {task.horizon}, got n_steps={config.n_steps!r}")
+        self.n_features = task.d**2 + 2 * task.d + 2
+        self.n_controls = 2 if task.control_phase else 1
+        gains = tanh_gains(self.n_features, config.hidden, self.n_controls)
+        self.network = TauNetwork(config.hidden, config.layers, self.n_controls, gains, self.dtype)
+
+    # ------------------------------------------------------------------ policy
+    def init_policy(self, key) -> Any:
+        if self.config.policy == "nn":
+            return self.network.init(key, jnp.zeros((self.n_features,), self.dtype))
+        v = jnp.arange(self.n_steps, dtype=self.dtype) / self.n_steps  # spec: v_k = k/N
+        out = {"v": v}
+        if self.task.control_phase:
+            out["phase"] = jnp.zeros((self.n_steps,), self.dtype)
+        return out
+
+    def controls(self, policy_params, feats, step) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(tau, phase) of one episode at measurement ``step`` (0-based)."""
+        prefact = self.params.prefact
+        if self.config.policy == "nn":
+            o = self.network.apply(policy_params, feats)
+            tau = 1.0 + prefact * jnp.abs(o[0])
+            phase = jnp.pi * o[1] if self.task.control_phase else jnp.zeros((), self.dtype)
+            return tau, phase
+        tau = jnp.abs(prefact * policy_params["v"][step] + 1.0)
+        phase = policy_params["phase"][step] if self.task.control_phase else jnp.zeros((), self.dtype)
+        return tau, phase
+
+    # ------------------------------------------------------------------ one episode
+    def episode(self, policy_params, key) -> dict[str, jnp.ndarray]:
+        """One simulated episode. Returns per-step arrays (n_steps,): "se", "score" (running
+        sum S of log p(y | omega, tau), gradient attached), "tau", "phase", "active"."""
+        task, params, dtype, config = self.task, self.params, self.dtype, self.config
+        k_theta, k_pf, k_run = jax.random.split(key, 3)
+        low, high = (jnp.asarray(b, dtype) for b in task.prior_box(params))
+        theta = low + (high - low) * jax.random.uniform(k_theta, low.shape, dtype)
+        pf = init_uniform(k_pf, task.n_particles, low, high, dtype)
+        lik = task.likelihood(params)
+        rate = theta[1] if task.unknown_t2 else params.inv_t2
+        time_budget = task.budget == "time"
+
+        def body(carry, inputs):
+            pf, resources, done, score = carry
+            k, step = inputs
+            if config.stop_gradient_filter:
+                pf = jax.lax.stop_gradient(pf)
+            feats = features(task, params, pf, step, resources)
+            if config.stop_gradient_input:
+                feats = jax.lax.stop_gradient(feats)
+            tau, phase = self.controls(policy_params, feats, step)
+            k_y, k_rs = jax.random.split(k)
+            p_plus = ramsey_probability(1.0, theta[0], tau, phase, rate)
+            y = jnp.where(jax.random.uniform(k_y, (), dtype) < jax.lax.stop_gradient(p_plus), 1.0, -1.0).astype(dtype)
+            allowed = ~done & (resources + tau <= params.total_time) if time_budget else ~done
+            new = bayes_update(pf, y, (tau, phase), lik)
+            new, _ = maybe_resample(k_rs, new, low, high, task.resample_config)
+            pf = jax.tree_util.tree_map(lambda a, b: jnp.where(allowed, a, b), new, pf)
+            log_p = jnp.log(jnp.maximum(ramsey_probability(y, theta[0], tau, phase, rate), jnp.finfo(dtype).tiny))
+            score = score + jnp.where(allowed, log_p, 0.0)
+            resources = resources + jnp.where(allowed, tau if time_budget else 1.0, 0.0)
+            if time_budget:
+                done = done | ~allowed | (params.total_time - resources < 1.0)
+            mu = pf.weights @ pf.particles[:, 0]
+            out = {"se": (mu - theta[0]) ** 2, "score": score, "tau": tau, "phase": phase,
+                   "active": allowed.astype(dtype)}
+            return (pf, resources, done, score), out
+
+        carry = (pf, jnp.zeros((), dtype), jnp.zeros((), bool), jnp.zeros((), dtype))
+        steps = jnp.arange(self.n_steps)
+        _, out = jax.lax.scan(body, carry, (jax.random.split(k_run, self.n_steps), steps))
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, policy_params, key) -> tuple[jnp.ndarray, dict]:
+        """Surrogate over ``config.batch`` episodes (its gradient is the estimator); aux
+        "loss": the value reported (log mean SE averaged over steps for log + cumulative)."""
+        config = self.config
+        out = jax.vmap(lambda k: self.episode(policy_params, k))(jax.random.split(key, config.batch))
+        se, score = out["se"], out["score"]  # (B, T)
+        if config.score_function:
+            base = jnp.mean(se, axis=0, keepdims=True) if config.baseline == "batch_mean" else 0.0
+            surrogate = se + jax.lax.stop_gradient(se - base) * (score - jax.lax.stop_gradient(score))
+        else:
+            surrogate = se
+        mean_se = jnp.mean(se, axis=0)  # (T,)
+        if config.loss == "log":
+            per_step = jnp.mean(surrogate, axis=0) / jax.lax.stop_gradient(mean_se)
+            # value of the surrogate is 1 per step; shift it to log mean SE (same gradient)
+            per_step = per_step - jax.lax.stop_gradient(per_step) + jax.lax.stop_gradient(jnp.log(mean_se))
+        else:
+            per_step = jnp.mean(surrogate, axis=0)
+        value = jnp.mean(per_step) if config.cumulative else per_step[-1]
+        return value, {"loss": value, "mse": mean_se}
+
+
+def features(task: BayesianMagnetometry, params, pf: ParticleFilter, step, resources) -> jnp.ndarray:
+    """The env's observation (qsensoropt's features) from a filter, in the filter's dtype:
+    [nrm(mu), nrm(log sigma, (-10, 0)), correlation matrix, nrm(step, (0, horizon)),
+    nrm(resources, (0, budget))], each clipped to [-1, 1]. Same formula as
+    ``BayesianMagnetometry._obs`` (checked in the tests)."""
+    dtype = pf.particles.dtype
+    mu, cov = mean_cov(pf)
+    low, high = (jnp.asarray(b, dtype) for b in task.prior_box(params))
+    var = jnp.maximum(jnp.diag(cov), jnp.finfo(dtype).tiny)
+    sigma = jnp.sqrt(var)
+    corr = cov / (sigma[:, None] * sigma[None, :])
+    budget = task.n_measurements if task.budget == "measurements" else params.total_time
+    feats = jnp.concatenate([
+        nrm(mu, low, high), nrm(jnp.log(sigma), -10.0, 0.0), jnp.ravel(corr),
+        jnp.stack([nrm(jnp.asarray(step, dtype), 0.0, task.horizon), nrm(resources, 0.0, budget)]).astype(dtype),
+    ])
+    return jnp.clip(feats, -1.0, 1.0)
+
+
+def make_loss(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
+              ) -> tuple[Callable, Callable]:
+    """(init_policy(key) -> policy_params, loss(policy_params, key) -> (surrogate, aux)) for
+    gradient checks and custom loops; ``jax.grad(loss, has_aux=True)`` is the estimator."""
+    setup = _Setup(config, task, params)
+    return setup.init_policy, setup.loss
+
+
+def _precondition(setup: _Setup, key, policy_params, hyper) -> tuple[Any, jnp.ndarray]:
+    """Fit o_0 to (x_last + 1)/2 on uniform random inputs (spec section 7); Adam, MSE."""
+    config = setup.config
+    x = jax.random.uniform(key, (config.precondition_samples, setup.n_features), setup.dtype, -1.0, 1.0)
+    target = (x[:, -1] + 1.0) / 2.0
+    n_batches = config.precondition_samples // config.precondition_batch
+    opt = optax.adam(hyper["precondition_lr"])
+
+    def mse(p, xb, tb):
+        o = jax.vmap(lambda xi: setup.network.apply(p, xi))(xb)
+        return jnp.mean((o[:, 0] - tb) ** 2)
+
+    def epoch(carry, k):
+        perm = jax.random.permutation(k, config.precondition_samples)
+        xb = x[perm].reshape(n_batches, config.precondition_batch, -1)
+        tb = target[perm].reshape(n_batches, config.precondition_batch)
+
+        def step(carry, batch):
+            p, s = carry
+            value, g = jax.value_and_grad(mse)(p, *batch)
+            updates, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, updates), s), value
+
+        carry, values = jax.lax.scan(step, carry, (xb, tb))
+        return carry, values[-1]
+
+    keys = jax.random.split(jax.random.fold_in(key, 1), config.precondition_epochs)
+    (p, _), values = jax.lax.scan(epoch, (policy_params, opt.init(policy_params)), keys)
+    return p, (values[-1] if config.precondition_epochs else jnp.zeros((), setup.dtype))
+
+
+def precondition(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any, key: jax.Array,
+                 hyper: dict) -> tuple[Any, jnp.ndarray]:
+    """Initialise the NN with ``key`` and fit it as ``train`` does before its first Adam step
+    (``config.precondition_*``). Returns (network params, final batch MSE of the fit)."""
+    setup = _Setup(config, task, params)
+    if config.policy != "nn":
+        raise ValueError(f"precondition needs policy='nn', got policy={config.policy!r}")
+    k_init, k_pre = jax.random.split(key)
+    return _precondition(setup, k_pre, setup.init_policy(k_init), hyper)
+
+
+def make_train(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
+               ) -> Callable[[jax.Array, dict], ModelAwarePFResult]:
+    """Build ``train(key, hyper) -> ModelAwarePFResult`` (jittable, vmappable over keys and
+    hypers). ``key`` seeds the network initialisation, the preconditioning data and every
+    training episode; ``hyper`` as ``default_hyper(config.policy)``.
+
+    Raises:
+        TypeError: task is not a BayesianMagnetometry core, or config has the wrong type.
+        ValueError: n_steps beyond the task's horizon.
+    """
+    setup = _Setup(config, task, params)
+    grad_fn = jax.value_and_grad(setup.loss, has_aux=True)
+    n_blocks = config.iterations // config.checkpoint_every
+
+    def train(key: jax.Array, hyper: dict) -> ModelAwarePFResult:
+        for name in ("learning_rate", "precondition_lr"):
+            if name not in hyper:
+                raise ValueError(f"hyper must contain {name!r}, got keys {sorted(hyper)}")
+        k_init, k_train = jax.random.split(key)
+        k_net, k_pre = jax.random.split(k_init)
+        p0 = setup.init_policy(k_net)
+        if config.policy == "nn" and config.precondition_epochs:
+            p0, pre_loss = _precondition(setup, k_pre, p0, hyper)
+        else:
+            pre_loss = jnp.zeros((), setup.dtype)
+        lr0 = jnp.asarray(hyper["learning_rate"], setup.dtype)
+        opt = optax.adam(lambda count: lr0 / jnp.sqrt(count + 1.0))  # qsensoropt's InverseSqrtDecay
+
+        def step(carry, k):
+            p, s = carry
+            (_, aux), g = grad_fn(p, k)
+            updates, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, updates), s), aux["loss"]
+
+        def block(carry, keys):
+            (p, s), best_p, best_loss = carry
+            (p, s), losses = jax.lax.scan(step, (p, s), keys)
+            mean_loss = jnp.mean(losses)
+            better = mean_loss < best_loss
+            best_p = jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), p, best_p)
+            return ((p, s), best_p, jnp.minimum(mean_loss, best_loss)), (losses, mean_loss)
+
+        keys = jax.random.split(k_train, config.iterations).reshape(n_blocks, config.checkpoint_every, -1)
+        init = ((p0, opt.init(p0)), p0, jnp.asarray(jnp.inf, setup.dtype))
+        ((p_final, _), best_p, _), (losses, block_losses) = jax.lax.scan(block, init, keys)
+        return ModelAwarePFResult(policy_params=best_p, final_params=p_final, history=losses.reshape(-1),
+                                  block_losses=block_losses, best_block=jnp.argmin(block_losses),
+                                  precondition_loss=pre_loss)
+
+    return train
+
+
+def evaluate(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any, policy_params: Any,
+             key: jax.Array, n_episodes: int, *, chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Run the policy on ``n_episodes`` fresh episodes (episode i uses fold_in(key, i); vmapped
+    in chunks of ``chunk`` under lax.map). Returns numpy arrays (n_episodes, n_steps): "se",
+    "tau", "phase", "active". MSE(n) = out["se"].mean(0)."""
+    if isinstance(n_episodes, bool) or not isinstance(n_episodes, (int, np.integer)) or n_episodes < 1:
+        raise ValueError(f"n_episodes must be a positive int, got n_episodes={n_episodes!r}")
+    setup = _Setup(config, task, params)
+    chunk = int(np.gcd(int(n_episodes), int(chunk)))
+    ids = jnp.arange(n_episodes).reshape(-1, chunk)
+
+    def run(policy_params, ids):
+        def one(i):
+            out = setup.episode(policy_params, jax.random.fold_in(key, i))
+            return {k: out[k] for k in ("se", "tau", "phase", "active")}
+
+        return jax.lax.map(jax.vmap(one), ids)
+
+    out = jax.jit(run)(policy_params, ids)
+    return {k: np.asarray(v).reshape(n_episodes, -1) for k, v in out.items()}

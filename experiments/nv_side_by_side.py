@@ -1,0 +1,306 @@
+"""NV-DC-24 side by side: qsm-gym's model-aware agent against qsensoropt 1.1.0 at equal settings.
+
+Spec: shared/reference/bayesian-magnetometry.md, section 7. The same problem on both sides:
+T2 = inf, prior U(0, 1), N = 24 measurements, 480 particles, partial soft resampling (alpha
+0.5, Ścibior–Wood on, N_eff < N/2), Liu–West beta = 0.98 with the coded jitter, float32;
+static (tau_k = |30 v_k + 1|, v_k = k/24, InverseSqrtDecay(0.1)) and NN (5 x Dense(64),
+tau = 30 |NN| + 1, preconditioned, InverseSqrtDecay(1e-3)) policies trained on log +
+cumulative losses for 256 Adam steps at 256 episodes per step, keeping the better of two
+128-step blocks; evaluation on 16,384 fresh episodes.
+
+    python -m qsmgym.experiments.nv_side_by_side                      # 3 seeds, both libraries
+    python -m qsmgym.experiments.nv_side_by_side --seeds 0 --no-qsensoropt --eval-episodes 4096
+
+Every trained arm and seed runs in its own process (``--worker``), so compile time, seconds
+per step and peak RSS are those of one training. qsensoropt runs through
+experiments/qsensoropt_nv_dc.py with its own virtual environment's python (``--qsensoropt-python``,
+else $QSENSOROPT_PYTHON, else /work/main/.venv-qsensoropt/bin/python); if that is missing the
+qsensoropt rows are skipped with a message. Both write the same JSON keys: mode, steps, batch,
+mse_n (MSE after each measurement), mse_final, mse_samples (per-episode SE at n = 24),
+compile_s, sec_per_step, peak_mem_mb.
+
+Our ``sec_per_step`` is the wall time of the compiled training after compilation, less the
+NN's preconditioning fit (timed separately), divided by the number of Adam steps.
+``compile_s`` is tracing + XLA compilation of the whole training program. Peak memory is the
+worker's peak RSS. The heuristics (sigma^-1, PGH) run through the env's own float64 core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_QSENSOROPT_PYTHON = "/work/main/.venv-qsensoropt/bin/python"
+QSENSOROPT_SCRIPT = Path(__file__).resolve().parent / "qsensoropt_nv_dc.py"
+EVAL_SEED_OFFSET = 1_000_003  # evaluation keys never used in training
+MODES = ("static", "nn")
+HEURISTICS = ("sigma_inverse", "pgh")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, baseline: str = "none",
+             learning_rate: float | None = None) -> dict:
+    """Train and evaluate one arm in this process; returns the shared JSON record."""
+    import jax
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+
+    task = BayesianMagnetometry()  # the NV-DC-24 defaults (section 7)
+    params = task.default_params()
+    config = mapf.ModelAwarePFConfig(policy=mode, iterations=steps, batch=batch,
+                                     checkpoint_every=min(128, steps), dtype="float32",
+                                     baseline=baseline)
+    hyper = mapf.default_hyper(mode)
+    if learning_rate is not None:
+        hyper["learning_rate"] = jax.numpy.asarray(learning_rate)
+    key = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    train = jax.jit(mapf.make_train(config, task, params)).lower(key, hyper).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = jax.block_until_ready(train(key, hyper))
+    run_s = time.perf_counter() - t0
+    pre_s = 0.0
+    if mode == "nn":  # time the preconditioning fit alone (compiled first) and leave it out
+        pre = jax.jit(lambda k: mapf.precondition(config, task, params, k, hyper)).lower(key).compile()
+        t0 = time.perf_counter()
+        jax.block_until_ready(pre(key))
+        pre_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    se = mapf.evaluate(config, task, params, result.policy_params,
+                       jax.random.PRNGKey(EVAL_SEED_OFFSET + seed), eval_episodes)["se"]
+    eval_s = time.perf_counter() - t0
+    return {
+        "implementation": "qsm-gym", "mode": mode, "seed": seed, "steps": steps, "batch": batch, "baseline": baseline,
+        "learning_rate": float(hyper["learning_rate"]),
+        "mse_n": se.mean(0).tolist(), "mse_final": float(se[:, -1].mean()),
+        "mse_samples": se[:, -1].tolist(), "median_se": float(np.median(se[:, -1])),
+        "compile_s": compile_s, "sec_per_step": (run_s - pre_s) / steps, "run_s": run_s,
+        "precondition_s": pre_s, "eval_s": eval_s, "peak_mem_mb": _peak_mb(),
+        "block_losses": np.asarray(result.block_losses).tolist(), "best_block": int(result.best_block),
+        "jax_version": jax.__version__, "loadavg": os.getloadavg(),
+    }
+
+
+def run_heuristic(name: str, seed: int, eval_episodes: int) -> dict:
+    """sigma^-1 or PGH through the env's functional core (float64 filter, unclipped tau)."""
+    import jax
+
+    from qsmgym.agents.nv_heuristics import pgh_tau, rollout_tau_policy, sigma_inverse_tau
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+
+    task = BayesianMagnetometry()
+    policy = sigma_inverse_tau if name == "sigma_inverse" else pgh_tau
+    t0 = time.perf_counter()
+    se = np.asarray(rollout_tau_policy(task, task.default_params(), policy,
+                                       jax.random.PRNGKey(EVAL_SEED_OFFSET + seed), eval_episodes)["se"])
+    return {"implementation": "qsm-gym", "mode": name, "seed": seed, "steps": 0, "batch": 0,
+            "mse_n": se.mean(0).tolist(), "mse_final": float(se[:, -1].mean()),
+            "mse_samples": se[:, -1].tolist(), "median_se": float(np.median(se[:, -1])),
+            "compile_s": float("nan"), "sec_per_step": float("nan"), "eval_s": time.perf_counter() - t0,
+            "peak_mem_mb": _peak_mb(), "loadavg": os.getloadavg()}
+
+
+def _subprocess_json(cmd: list[str], label: str, timeout: float | None) -> dict | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        t0 = time.perf_counter()
+        print(f"[{label}] {' '.join(cmd + ['--out', str(out)])}", flush=True)
+        try:
+            proc = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"[{label}] timed out after {timeout} s", flush=True)
+            return None
+        if proc.returncode != 0 or not out.exists():
+            print(f"[{label}] failed (exit {proc.returncode}); last output:\n{(proc.stdout + proc.stderr)[-2000:]}",
+                  flush=True)
+            return None
+        record = json.loads(out.read_text())
+        record["wall_s"] = time.perf_counter() - t0
+        print(f"[{label}] done in {record['wall_s']:.0f} s: MSE(24) {record['mse_final']:.3e}", flush=True)
+        return record
+
+
+def qsensoropt_python(flag: str | None) -> str | None:
+    """The qsensoropt interpreter: the flag, else $QSENSOROPT_PYTHON, else the default path."""
+    path = flag or os.environ.get("QSENSOROPT_PYTHON") or DEFAULT_QSENSOROPT_PYTHON
+    return path if Path(path).exists() else None
+
+
+def bootstrap_ci(x, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, float]:
+    """Mean and 95 % percentile-bootstrap CI (vectorised resampling of the episodes)."""
+    x = np.asarray(x, np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.array([x[rng.integers(0, x.size, x.size)].mean() for _ in range(n_boot)])
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def summarise(records: list[dict]) -> dict:
+    """Pool the seeds of one arm: MSE(n) mean curve, MSE(24) bootstrap CI over the pooled
+    episodes, per-seed MSE(24), mean s/step and compile s, max peak MB."""
+    samples = np.concatenate([np.asarray(r["mse_samples"]) for r in records])
+    mean, lo, hi = bootstrap_ci(samples)
+    curves = np.asarray([r["mse_n"] for r in records])
+    def nanmean(k):  # NaN for the heuristics (no training), without numpy's empty-slice warning
+        v = np.asarray([r.get(k, np.nan) for r in records], np.float64)
+        return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
+    return {"seeds": [r.get("seed") for r in records], "mse24": mean, "mse24_ci": (lo, hi),
+            "mse24_per_seed": [r["mse_final"] for r in records], "mse_n": curves.mean(0).tolist(),
+            "mse20": float(curves[:, 19].mean()), "median_se": float(np.median(samples)),
+            "sec_per_step": nanmean("sec_per_step"), "compile_s": nanmean("compile_s"),
+            "peak_mem_mb": float(np.nanmax([r["peak_mem_mb"] for r in records]))}
+
+
+def print_table(arms: dict[str, dict]) -> None:
+    head = f"{'arm':<22}{'seeds':>6}  {'MSE(24) [95% CI]':<34}{'MSE(20)':>10}{'median SE':>11}" \
+           f"{'s/step':>9}{'compile s':>10}{'peak MB':>9}"
+    print(head)
+    print("-" * len(head))
+    for name, s in arms.items():
+        ci = f"{s['mse24']:.3e} [{s['mse24_ci'][0]:.2e}, {s['mse24_ci'][1]:.2e}]"
+        f = lambda v, fmt: "-" if not np.isfinite(v) else format(v, fmt)  # noqa: E731
+        print(f"{name:<22}{len(s['seeds']):>6}  {ci:<34}{s['mse20']:>10.3e}{s['median_se']:>11.2e}"
+              f"{f(s['sec_per_step'], '.4f'):>9}{f(s['compile_s'], '.1f'):>10}{s['peak_mem_mb']:>9.0f}")
+    print("\nMSE(n), n = 1..24 (mean over seeds):")
+    for name, s in arms.items():
+        print(f"{name:<22}" + " ".join(f"{v:.2e}" for v in s["mse_n"]))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--qsensoropt-seeds", type=int, nargs="+", default=None,
+                        help="seeds for qsensoropt (default: --seeds)")
+    parser.add_argument("--eval-episodes", type=int, default=16384)
+    parser.add_argument("--qsensoropt-python", default=None)
+    parser.add_argument("--no-qsensoropt", action="store_true")
+    parser.add_argument("--baseline", choices=("none", "batch_mean"), default="none",
+                        help="score-term baseline of our agent (spec NV-DC-24: none)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="our agent's initial Adam rate (default: the spec's, 0.1 static / 1e-3 nn)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per qsensoropt run, seconds")
+    parser.add_argument("--out-dir", default=None, help="write summary.json (and the raw records) here")
+    parser.add_argument("--from-summary", default=None,
+                        help="print the table from an earlier summary.json instead of running our arms")
+    parser.add_argument("--records", nargs="+", default=None,
+                        help="result JSONs (our --worker outputs or experiments/qsensoropt_nv_dc.py's) to "
+                             "tabulate; with them nothing is run")
+    parser.add_argument("--worker", choices=MODES + HEURISTICS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("steps", "batch", "eval_episodes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+    if args.worker:  # one arm in this process
+        if args.worker in MODES:
+            record = run_ours(args.worker, args.seed, args.steps, args.batch, args.eval_episodes, args.baseline,
+                              args.learning_rate)
+        else:
+            record = run_heuristic(args.worker, args.seed, args.eval_episodes)
+        Path(args.out).write_text(json.dumps(record))
+        return 0
+
+    if args.from_summary:
+        records = json.loads(Path(args.from_summary).read_text())["records"]
+    elif args.records:
+        records = {}
+    else:
+        records = run_arms(args)
+    for path in args.records or []:  # ours carry implementation="qsm-gym"; qsensoropt's do not
+        r = json.loads(Path(path).read_text())
+        side = "ours" if r.get("implementation") == "qsm-gym" else "qsensoropt"
+        records.setdefault(f"{side} {r['mode']}", []).append(r)
+    records = {k: records[k] for k in sorted(records, key=_arm_order)}
+    report(records, args)
+    return 0
+
+
+def _arm_order(name: str) -> tuple:
+    side, mode = name.split(" ", 1)
+    order = HEURISTICS + MODES
+    return (order.index(mode) if mode in order else len(order), side != "ours")
+
+
+def run_arms(args) -> dict[str, list[dict]]:
+    """Run our heuristics and trained arms (one process each) and, unless told otherwise,
+    qsensoropt's; returns the records per arm."""
+    me = [sys.executable, "-m", "qsmgym.experiments.nv_side_by_side"]
+    common = ["--steps", str(args.steps), "--batch", str(args.batch), "--eval-episodes", str(args.eval_episodes),
+              "--baseline", args.baseline] + ([] if args.learning_rate is None else
+                                              ["--learning-rate", str(args.learning_rate)])
+    print(f"NV-DC-24 side by side: {args.steps} Adam steps at batch {args.batch}, {args.eval_episodes} evaluation "
+          f"episodes, seeds {args.seeds}; host {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
+    records: dict[str, list[dict]] = {}
+    for name in HEURISTICS:
+        r = _subprocess_json(me + common + ["--worker", name, "--seed", "0"], f"ours {name}", None)
+        records[f"ours {name}"] = [r] if r else []
+    for mode in MODES:
+        for seed in args.seeds:
+            r = _subprocess_json(me + common + ["--worker", mode, "--seed", str(seed)], f"ours {mode} seed {seed}", None)
+            records.setdefault(f"ours {mode}", []).extend([r] if r else [])
+
+    py = None if args.no_qsensoropt else qsensoropt_python(args.qsensoropt_python)
+    if args.no_qsensoropt:
+        print("qsensoropt: skipped (--no-qsensoropt)")
+    elif py is None:
+        print(f"qsensoropt: skipped: no interpreter at --qsensoropt-python / $QSENSOROPT_PYTHON / "
+              f"{DEFAULT_QSENSOROPT_PYTHON}")
+    elif not QSENSOROPT_SCRIPT.exists():
+        print(f"qsensoropt: skipped: {QSENSOROPT_SCRIPT} is missing")
+        py = None
+    if py:
+        for mode in MODES:
+            for seed in args.qsensoropt_seeds or args.seeds:
+                cmd = [py, str(QSENSOROPT_SCRIPT), "--mode", mode, "--steps", str(args.steps), "--batch",
+                       str(args.batch), "--seed", str(seed), "--n-eval", str(args.eval_episodes)]
+                r = _subprocess_json(cmd, f"qsensoropt {mode} seed {seed}", args.timeout)
+                records.setdefault(f"qsensoropt {mode}", []).extend([r] if r else [])
+    return records
+
+
+def report(records: dict[str, list[dict]], args) -> dict:
+    """Print the table and the pass/fail lines; write summary.json to --out-dir."""
+    arms = {name: summarise(rs) for name, rs in records.items() if rs}
+    print()
+    print_table(arms)
+    print(f"\nload average at the end: {os.getloadavg()}")
+    verdicts = {}
+    for mode in MODES:
+        ours, theirs = arms.get(f"ours {mode}"), arms.get(f"qsensoropt {mode}")
+        if ours and theirs:
+            speedup = theirs["sec_per_step"] / ours["sec_per_step"]
+            verdicts[mode] = {"mse24_ratio": ours["mse24"] / theirs["mse24"], "speedup": speedup,
+                              "mse_ok": ours["mse24"] <= theirs["mse24"], "speed_ok": speedup >= 10}
+            print(f"{mode}: MSE(24) ours/qsensoropt = {ours['mse24'] / theirs['mse24']:.2f} "
+                  f"({'PASS' if ours['mse24'] <= theirs['mse24'] else 'FAIL'}: ours <= qsensoropt); "
+                  f"s/step speed-up = {speedup:.1f}x ({'PASS' if speedup >= 10 else 'FAIL'}: >= 10x)")
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({"args": vars(args), "arms": arms, "verdicts": verdicts,
+                                                      "records": records}, default=float))
+        print(f"wrote {out / 'summary.json'}")
+    return verdicts
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
