@@ -13,7 +13,8 @@ of the posterior mean of omega and S_{b,t} = sum_{s<=t} log p(y_{b,s} | omega_b,
     l~_{b,t} = l_{b,t} + sg(l_{b,t} - baseline_t) (S_{b,t} - sg(S_{b,t}))
 
 - pathwise part: policy -> tau -> p(y | theta_j, tau) at every particle -> Bayes weights ->
-  soft-resampling ratios with the Ścibior–Wood factor (agents/particle_filter.resample) ->
+  soft-resampling ratios with the Ścibior–Wood factor, attached after the normalisation as
+  qsensoropt does (agents/particle_filter.resample, ``sw_order``) ->
   Liu–West move -> posterior mean -> l;
 - score-function part: the sampled outcomes y ~ p(y | omega_b, tau) depend on tau; the
   ``sg(l) (S - sg(S))`` term (zero in value, so the reported loss is the true one) is their

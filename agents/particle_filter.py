@@ -14,9 +14,10 @@ Pieces (spec: shared/reference/bayesian-magnetometry.md, section 3):
 - ``mean_cov``, ``effective_sample_size``.
 - ``resample``: soft resampling q = alpha w + (1 - alpha)/N (Ma et al., arXiv:1905.12885),
   indices drawn by inverse-CDF sampling with no gradient through them; new weights
-  w_i / q_i with the Ścibior–Wood factor q_i / sg(q_i) (arXiv:2106.10314: same value, the
-  score of the draw enters the gradient); fallback to hard multinomial resampling if the
-  weights come out invalid; Liu–West move theta'' = beta theta' + (1 - beta) mu + delta with
+  w_i / q_i, normalised, times the Ścibior–Wood factor q_i / sg(q_i) (arXiv:2106.10314: same
+  value, the score of the draw enters the gradient; attached after the normalisation as
+  qsensoropt does, or before it with ``sw_order="normalised"``); fallback to hard multinomial
+  resampling if the weights come out invalid; Liu–West move theta'' = beta theta' + (1 - beta) mu + delta with
   mu, Sigma of the pre-resampling ensemble (gradients attached), then clipping to the prior
   box. ``jitter="coded"``: delta = (1 - beta^2) Sigma^{1/2} z (what qsensoropt's code does,
   the default); ``"documented"``: delta = sqrt(1 - beta^2) Sigma^{1/2} z (its docstring; this
@@ -45,6 +46,7 @@ import jax.numpy as jnp
 from flax import struct
 
 JITTERS = ("coded", "documented")
+SW_ORDERS = ("qsensoropt", "normalised")
 
 
 @struct.dataclass
@@ -62,6 +64,13 @@ class ResampleConfig:
     alpha: soft-resampling mixture weight (1 = plain multinomial on w). beta: Liu–West
     shrinkage (1 = no move). threshold: resample when N_eff < threshold * N.
     scibior_wood: attach the score of the resampling draw to the new weights.
+    sw_order: where the Ścibior–Wood factor q_i / sg(q_i) goes. "qsensoropt" (default, its
+        ``_resample_soft``): w_i / q_i is normalised first (gradient through q_i and the
+        norm), then multiplied by the factor, so the weights sum to 1 in value but their sum
+        keeps the gradient sum_i w'_i d log q_i (the posterior mean sum_i w'_i theta_i is not
+        renormalised, as in qsensoropt's ``compute_mean``). "normalised": the factor is
+        attached before normalising (w_i / sg(q_i), then normalised): the score enters
+        centred, (theta_i - mu) d log q_i.
     jitter: "coded" or "documented" (see the module docstring).
     """
 
@@ -70,6 +79,7 @@ class ResampleConfig:
     beta: float = struct.field(pytree_node=False, default=0.98)
     threshold: float = struct.field(pytree_node=False, default=0.5)
     scibior_wood: bool = struct.field(pytree_node=False, default=True)
+    sw_order: str = struct.field(pytree_node=False, default="qsensoropt")
     jitter: str = struct.field(pytree_node=False, default="coded")
 
 
@@ -143,31 +153,45 @@ def _search_right(cdf: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(block >= n_blocks, size, row * width + within)
 
 
-def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.ndarray,
-             config: ResampleConfig = ResampleConfig()) -> ParticleFilter:
-    """Soft resampling + Ścibior–Wood + Liu–West move + clip to [low, high] (always applied;
-    see ``maybe_resample`` for the N_eff test). Keys: one for the indices, one for the
-    jitter."""
+def _check_config(config: ResampleConfig) -> None:
     if config.jitter not in JITTERS:
         raise ValueError(f"jitter must be one of {JITTERS}, got jitter={config.jitter!r}")
-    key_idx, key_hard, key_jit = jax.random.split(key, 3)
+    if config.sw_order not in SW_ORDERS:
+        raise ValueError(f"sw_order must be one of {SW_ORDERS}, got sw_order={config.sw_order!r}")
+
+
+def _soft_draw(key_idx: jax.Array, w: jnp.ndarray, config: ResampleConfig):
+    """The soft draw of one filter: indices ~ q = alpha w + (1 - alpha)/N, the normalised
+    importance weights w_i / q_i, the drawn q_i and whether the draw is valid."""
+    n = w.shape[0]
+    q = config.alpha * w + (1.0 - config.alpha) / n
+    idx = _draw_indices(key_idx, q, n)
+    w_i = w[idx]
+    q_i = config.alpha * w_i + (1.0 - config.alpha) / n  # = q[idx] bit for bit, one gather less
+    if config.scibior_wood and config.sw_order == "normalised":
+        new_w = w_i / jax.lax.stop_gradient(q_i)  # = (w_i / q_i) * q_i / sg(q_i)
+    else:
+        new_w = w_i / q_i
+    total = jnp.sum(new_w)
+    valid = jnp.isfinite(total) & (total > 0) & jnp.all(jnp.isfinite(new_w))
+    return idx, new_w / jnp.where(valid, total, 1.0), q_i, valid
+
+
+def _finish(key_jit: jax.Array, pf: ParticleFilter, low, high, config: ResampleConfig, idx, new_w, q_i,
+            valid, idx_hard) -> ParticleFilter:
+    """Fallback selection, the Ścibior–Wood factor (qsensoropt order) and the Liu–West move."""
     n, d = pf.particles.shape
     w = pf.weights
     mu, cov = mean_cov(pf)  # pre-resampling moments, gradients attached
-    q = config.alpha * w + (1.0 - config.alpha) / n
-    idx = _draw_indices(key_idx, q, n)
-    q_i = q[idx]
-    if config.scibior_wood:
-        new_w = w[idx] / jax.lax.stop_gradient(q_i)  # = (w_i / q_i) * q_i / sg(q_i)
-    else:
-        new_w = w[idx] / q_i
-    total = jnp.sum(new_w)
-    valid = jnp.isfinite(total) & (total > 0) & jnp.all(jnp.isfinite(new_w))
-    new_w = new_w / jnp.where(valid, total, 1.0)
-    # Fallback: hard multinomial resampling on w with uniform weights.
-    idx_hard = _draw_indices(key_hard, w, n)
+    # Fallback: hard multinomial resampling on w with uniform weights (qsensoropt then
+    # attaches w_i / sg(w_i) as the Ścibior–Wood factor of that draw).
     idx = jnp.where(valid, idx, idx_hard)
+    q_i = jnp.where(valid, q_i, w[idx_hard])
     new_w = jnp.where(valid, new_w, jnp.full_like(w, 1.0 / n))
+    if config.scibior_wood and config.sw_order == "qsensoropt":
+        ok = (q_i > 0) & jnp.isfinite(q_i)
+        safe = jnp.where(ok, q_i, 1.0)
+        new_w = new_w * jnp.where(ok, safe / jax.lax.stop_gradient(safe), 1.0)
     theta = pf.particles[idx]
     scale = (1.0 - config.beta**2) if config.jitter == "coded" else jnp.sqrt(1.0 - config.beta**2)
     z = jax.random.normal(key_jit, (n, d), theta.dtype)
@@ -175,6 +199,18 @@ def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.nda
     theta = config.beta * theta + (1.0 - config.beta) * mu + delta
     theta = jnp.clip(theta, jnp.asarray(low, theta.dtype), jnp.asarray(high, theta.dtype))
     return ParticleFilter(particles=theta, weights=new_w)
+
+
+def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.ndarray,
+             config: ResampleConfig = ResampleConfig()) -> ParticleFilter:
+    """Soft resampling + Ścibior–Wood + Liu–West move + clip to [low, high] (always applied;
+    see ``maybe_resample`` for the N_eff test). Keys: one for the indices, one for the
+    fallback draw, one for the jitter."""
+    _check_config(config)
+    key_idx, key_hard, key_jit = jax.random.split(key, 3)
+    idx, new_w, q_i, valid = _soft_draw(key_idx, pf.weights, config)
+    idx_hard = _draw_indices(key_hard, pf.weights, pf.weights.shape[0])
+    return _finish(key_jit, pf, low, high, config, idx, new_w, q_i, valid, idx_hard)
 
 
 def maybe_resample(key: jax.Array, pf: ParticleFilter, low, high,

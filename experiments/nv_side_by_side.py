@@ -92,6 +92,7 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
         "precondition_s": pre_s, "eval_s": eval_s, "peak_mem_mb": _peak_mb(),
         "block_losses": np.asarray(result.block_losses).tolist(), "best_block": int(result.best_block),
         "jax_version": jax.__version__, "loadavg": os.getloadavg(),
+        "sw_order": task.resample_config.sw_order,  # where the Ścibior–Wood factor is attached
     }
 
 

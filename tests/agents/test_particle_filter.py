@@ -213,8 +213,9 @@ def test_scibior_wood_adds_the_score_of_the_draw():
     # Same values, different gradients: the SW gradient equals the plain (frozen-q) pathwise
     # gradient minus the q-dependence of w/q, i.e. it differs from the finite difference of
     # the value (which moves q too) by the score term. Check the identity on one resampling:
-    # d/dtau sum_k f(w_k / q_k) with q frozen == SW gradient.
-    config_sw = ResampleConfig(threshold=1.0, beta=1.0)
+    # d/dtau sum_k f(w_k / q_k) with q frozen == SW gradient (factor attached before the
+    # normalisation, sw_order="normalised").
+    config_sw = ResampleConfig(threshold=1.0, beta=1.0, sw_order="normalised")
     pf0 = init_uniform(jax.random.PRNGKey(0), 64, LOW, HIGH)
     key = jax.random.PRNGKey(1)
     lik = ramsey(0.0)
@@ -241,6 +242,40 @@ def test_scibior_wood_adds_the_score_of_the_draw():
     np.testing.assert_allclose(g_sw, g_frozen, rtol=1e-10)
     g_plain = float(jax.grad(loss)(3.0, ResampleConfig(threshold=1.0, beta=1.0, scibior_wood=False)))
     assert abs(g_plain - g_sw) > 1e-6 * abs(g_sw)
+
+
+def test_scibior_wood_in_qsensoropt_order():
+    # qsensoropt 1.1.0's _resample_soft, transcribed op by op: w_i / q_i with q live,
+    # normalised, THEN times q_i / sg(q_i); the mean is sum_i w'_i theta_i, not renormalised
+    # (its compute_mean). Same value as the "normalised" order; the gradients differ by
+    # mu * sum_i w'_i d log q_i. Both are float64 compositions of the same few ops: 1e-10.
+    pf0 = init_uniform(jax.random.PRNGKey(0), 64, LOW, HIGH)
+    key = jax.random.PRNGKey(1)
+    lik = ramsey(0.0)
+    from qsmgym.agents.particle_filter import _draw_indices
+
+    def loss(tau, config):
+        pf = resample(key, bayes_update(pf0, 1.0, tau, lik), LOW, HIGH, config)
+        return mean_cov(pf)[0][0]
+
+    def loss_ref(tau):
+        w = bayes_update(pf0, 1.0, tau, lik).weights
+        q = 0.5 * w + 0.5 / 64
+        idx = _draw_indices(jax.random.split(key, 3)[0], q, 64)
+        nw = w[idx] / q[idx]
+        nw = nw / jnp.sum(nw)
+        nw = nw * q[idx] / jax.lax.stop_gradient(q[idx])
+        return nw @ pf0.particles[idx, 0]
+
+    config_q = ResampleConfig(threshold=1.0, beta=1.0)
+    assert config_q.sw_order == "qsensoropt"  # the default
+    g_q = float(jax.grad(loss)(3.0, config_q))
+    np.testing.assert_allclose(float(loss(3.0, config_q)), float(loss_ref(3.0)), rtol=1e-12)
+    np.testing.assert_allclose(g_q, float(jax.grad(loss_ref)(3.0)), rtol=1e-10)
+    g_n = float(jax.grad(loss)(3.0, ResampleConfig(threshold=1.0, beta=1.0, sw_order="normalised")))
+    assert abs(g_q - g_n) > 1e-6 * abs(g_n)
+    with pytest.raises(ValueError, match="sw_order"):
+        resample(key, pf0, LOW, HIGH, ResampleConfig(sw_order="bogus"))
 
 
 def test_bad_jitter_raises():
