@@ -26,8 +26,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m qsmgym.experiments.demo --out demo_out
 
+# Two workers (CI has 2 cores); --dist loadfile keeps each file, and its module fixtures, on one worker.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
