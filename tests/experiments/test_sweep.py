@@ -119,7 +119,10 @@ def test_sigkilled_worker_trial_fails_after_grace_and_restarted_worker_retries_i
     w1.send_signal(signal.SIGKILL)
     assert w1.wait(timeout=30) == -signal.SIGKILL
     study = _load(storage, "kill", tmp_path)
-    assert study.trials[victim.number].state == TrialState.RUNNING  # killed mid-trial: left RUNNING
+    # killed mid-trial: exactly one trial is left RUNNING. (It is the one seen running above
+    # unless that one finished in the instant before the signal landed and the worker had
+    # already started the next: a race of the test, not of the sweep, so take it from the study.)
+    (victim,) = study.get_trials(states=(TrialState.RUNNING,))
 
     w2 = _start(args, worker_env, tmp_path / "w2.log", tmp_path)
     assert w2.wait(timeout=WAIT_S) == 0, (tmp_path / "w2.log").read_text()
@@ -160,10 +163,17 @@ def test_interrupted_sweep_resumes_same_study(tmp_path, worker_env):
     before = _load(storage, "resume", tmp_path)
     snapshot = {t.number: t.state.name for t in before.trials}  # Study objects read live
     done_before = {t.number: t.value for t in before.trials if t.state == TrialState.COMPLETE}
-    assert before.trials[victim.number].state == TrialState.FAIL
-    assert before.trials[victim.number].user_attrs[sweep.REASON_ATTR] == "interrupted"
-    (queued,) = [t for t in before.trials if t.state == TrialState.WAITING]
-    assert queued.params == victim.params and queued.system_attrs["failed_trial"] == victim.number
+    # the trial running when SIGINT landed is closed as FAIL "interrupted" (normally the one seen
+    # running above; if that one finished just before the signal, the next one: take it from the study)
+    failed = [t for t in before.trials if t.state == TrialState.FAIL]
+    if failed:
+        (victim,) = failed
+        assert victim.user_attrs[sweep.REASON_ATTR] == "interrupted"
+        (queued,) = [t for t in before.trials if t.state == TrialState.WAITING]
+        assert queued.params == victim.params and queued.system_attrs["failed_trial"] == victim.number
+    else:  # SIGINT landed between two trials: nothing was running, so nothing to fail or retry
+        assert not [t for t in before.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        queued = None
 
     w2 = _start(args, worker_env, tmp_path / "w2.log", tmp_path)
     assert w2.wait(timeout=WAIT_S) == 0, (tmp_path / "w2.log").read_text()
@@ -175,7 +185,7 @@ def test_interrupted_sweep_resumes_same_study(tmp_path, worker_env):
           "after", {t.number: t.state.name for t in after.trials})
     assert len(complete) == 4
     assert {n: complete[n].value for n in done_before} == done_before  # kept, not rerun
-    assert queued.number in complete  # the queued retry ran first
+    assert queued is None or queued.number in complete  # the queued retry ran
     new = set(complete) - set(done_before)
     assert min(new) > max(done_before)  # the count went on from where it stopped
 
