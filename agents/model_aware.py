@@ -58,6 +58,7 @@ import optax
 from flax import struct
 
 from qsmgym.agents.distributions import PolicySpec
+from qsmgym.agents.ppo import _sidecar, read_msgpack_checkpoint
 from qsmgym.envs.core import FunctionalEnv
 
 NETWORKS = ("mlp", "lstm")
@@ -366,8 +367,6 @@ class Checkpoint(NamedTuple):
     spec: PolicySpec
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
 
 
 def _template(config: ModelAwareConfig, spec: PolicySpec):
@@ -398,20 +397,7 @@ def load_checkpoint(path) -> Checkpoint:
             structure or shapes differ from the network the config describes.
     """
     path = Path(path)
-    raw = path.read_bytes()
-    meta_path = _sidecar(path)
-    if not meta_path.exists():
-        raise FileNotFoundError(f"checkpoint sidecar {meta_path} is missing (written by save_checkpoint)")
-    if raw[:1] == b"\x80" and raw[-1:] == b".":
-        raise ValueError(f"{path} looks like a Python pickle; checkpoints are flax msgpack only "
-                         "and pickles are never loaded")
-    try:
-        state = flax.serialization.msgpack_restore(raw)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ValueError(f"{path} is not a flax msgpack checkpoint ({type(exc).__name__}: {exc})") from exc
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    state, meta = read_msgpack_checkpoint(path, CHECKPOINT_FORMAT)
     cfg = dict(meta["config"])
     cfg["hidden_sizes"] = tuple(cfg["hidden_sizes"])
     config = ModelAwareConfig(**cfg)

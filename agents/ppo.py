@@ -577,15 +577,16 @@ def save_checkpoint(path, network_params: Any, config: PPOConfig, spec: PolicySp
     return path
 
 
-def load_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint``; never unpickles anything.
+def read_msgpack_checkpoint(path: Path, fmt: str) -> tuple[Any, dict]:
+    """(msgpack state, JSON sidecar) of a checkpoint file and ``<file>.json``; never unpickles.
+
+    Shared by every agent's ``load_checkpoint`` (PPO, model-aware); the caller checks the
+    state's structure against its own network.
 
     Raises:
-        FileNotFoundError: the file or its JSON sidecar is missing.
-        ValueError: not a msgpack checkpoint of this format (e.g. a pickle), or arrays whose
-            structure or shapes differ from the network the config describes.
+        FileNotFoundError: the JSON sidecar is missing.
+        ValueError: a pickle, not msgpack, or a sidecar whose format is not ``fmt``.
     """
-    path = Path(path)
     raw = path.read_bytes()
     meta_path = _sidecar(path)
     if not meta_path.exists():
@@ -598,8 +599,21 @@ def load_checkpoint(path) -> Checkpoint:
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise ValueError(f"{path} is not a flax msgpack checkpoint ({type(exc).__name__}: {exc})") from exc
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if meta.get("format") != fmt:
+        raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {fmt!r}")
+    return state, meta
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``; never unpickles anything.
+
+    Raises:
+        FileNotFoundError: the file or its JSON sidecar is missing.
+        ValueError: not a msgpack checkpoint of this format (e.g. a pickle), or arrays whose
+            structure or shapes differ from the network the config describes.
+    """
+    path = Path(path)
+    state, meta = read_msgpack_checkpoint(path, CHECKPOINT_FORMAT)
     config = PPOConfig(**meta["config"])
     spec = PolicySpec.from_json(meta["spec"])
     if not isinstance(state, dict) or "params" not in state:
