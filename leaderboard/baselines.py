@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -45,16 +44,9 @@ import numpy as np
 
 from qsmgym.leaderboard.submission import FORMAT, SUBMISSION_FILE, load_submission
 
+from qsmgym.experiments.results import _git_commit
+
 COMMAND = "python -m qsmgym.leaderboard.baselines --out leaderboard/submissions"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _version() -> str:
