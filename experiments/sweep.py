@@ -236,15 +236,38 @@ def open_storage(spec: str | None, out_dir: Path, *, timeout_s: float = 5.0):
         engine_kwargs = {"connect_args": {"connect_timeout": int(max(1, timeout_s))}}
     elif spec.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": float(timeout_s)}}
-    try:
-        storage = optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs)
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise SweepError(f"--storage {_redact(spec)}: database driver missing ({exc}); for "
-                         "PostgreSQL: pip install psycopg2-binary") from exc
-    except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise SweepError(f"--storage {_redact(spec)}: cannot open ({type(exc).__name__}: {reason})") from exc
+    # Workers started together on a fresh database (a cluster array, or a watcher opening it while
+    # the first worker creates it) race to create Optuna's tables: the losers see "table ...
+    # already exists" or a UNIQUE failure on alembic_version. The schema is complete once the
+    # winner commits, so those two errors (and "database is locked") are retried until timeout_s.
+    deadline = time.monotonic() + max(timeout_s, 1.0)
+    delay = 0.05
+    while True:
+        try:
+            storage = optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs)
+            break
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise SweepError(f"--storage {_redact(spec)}: database driver missing ({exc}); for "
+                             "PostgreSQL: pip install psycopg2-binary") from exc
+        except Exception as exc:  # sqlalchemy's OperationalError, IntegrityError, ArgumentError, ...
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if _schema_race(exc, reason) and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
+                continue
+            raise SweepError(f"--storage {_redact(spec)}: cannot open ({type(exc).__name__}: {reason})") from exc
     return storage, _redact(spec)
+
+
+def _schema_race(exc: BaseException, reason: str) -> bool:
+    """Whether opening failed because another process was creating the same database."""
+    name = type(exc).__name__
+    low = reason.lower()
+    if name == "IntegrityError":
+        return "alembic_version" in low or "unique" in low
+    if name == "OperationalError":
+        return "already exists" in low or "database is locked" in low
+    return False
 
 
 # --------------------------------------------------------------------------------- training

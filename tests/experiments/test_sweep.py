@@ -250,6 +250,33 @@ def test_unreachable_postgres_fails_fast_without_password(tmp_path, capsys):
     assert time.monotonic() - start < 30  # connect timeout is 5 s; no driver fails at once
 
 
+def test_workers_opening_a_fresh_sqlite_together_all_get_it(tmp_path):
+    # CI saw this: a worker creating sweep.db while another process opened it failed with
+    # "UNIQUE constraint failed: alembic_version" (or "table studies already exists"); array jobs
+    # on a cluster start the same way. Without the retry in open_storage every round below fails.
+    import threading
+
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path / f'fresh{round_}.db'}"
+        barrier, errors, names = threading.Barrier(4), [], []
+
+        def worker(i):
+            barrier.wait()
+            try:
+                storage, _ = sweep.open_storage(url, tmp_path)
+                names.append(optuna.create_study(storage=storage, study_name=f"s{i}").study_name)
+            except Exception as exc:  # collected and shown by the assert below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [], errors
+        assert sorted(names) == ["s0", "s1", "s2", "s3"]
+
+
 def test_bad_input_in_a_real_process_no_traceback_unless_debug(tmp_path):
     cmd = [sys.executable, "-m", "qsmgym.experiments.sweep", "--env", "qsm/Nope-v0", "--agent", "cem",
            "--n-trials", "1", "--out", str(tmp_path)]
