@@ -192,6 +192,9 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=16384)
     parser.add_argument("--qsensoropt-python", default=None)
     parser.add_argument("--no-qsensoropt", action="store_true")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="trained arms to run (default: static nn)")
+    parser.add_argument("--no-heuristics", action="store_true", help="skip the sigma^-1 and PGH rows")
     parser.add_argument("--baseline", choices=("none", "batch_mean"), default="none",
                         help="score-term baseline of our agent (spec NV-DC-24: none)")
     parser.add_argument("--learning-rate", type=float, default=None,
@@ -251,13 +254,9 @@ def run_arms(args) -> dict[str, list[dict]]:
     print(f"NV-DC-24 side by side: {args.steps} Adam steps at batch {args.batch}, {args.eval_episodes} evaluation "
           f"episodes, seeds {args.seeds}; host {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
     records: dict[str, list[dict]] = {}
-    for name in HEURISTICS:
+    for name in ([] if args.no_heuristics else HEURISTICS):
         r = _subprocess_json(me + common + ["--worker", name, "--seed", "0"], f"ours {name}", None)
         records[f"ours {name}"] = [r] if r else []
-    for mode in MODES:
-        for seed in args.seeds:
-            r = _subprocess_json(me + common + ["--worker", mode, "--seed", str(seed)], f"ours {mode} seed {seed}", None)
-            records.setdefault(f"ours {mode}", []).extend([r] if r else [])
 
     py = None if args.no_qsensoropt else qsensoropt_python(args.qsensoropt_python)
     if args.no_qsensoropt:
@@ -268,9 +267,19 @@ def run_arms(args) -> dict[str, list[dict]]:
     elif not QSENSOROPT_SCRIPT.exists():
         print(f"qsensoropt: skipped: {QSENSOROPT_SCRIPT} is missing")
         py = None
-    if py:
-        for mode in MODES:
-            for seed in args.qsensoropt_seeds or args.seeds:
+    # Interleaved (ours seed s, qsensoropt seed s, ours seed s+1, ...) so that a change in the
+    # machine's load during the session touches both sides alike.
+    for mode in args.modes:
+        ours_seeds = list(args.seeds)
+        their_seeds = list(args.qsensoropt_seeds or args.seeds) if py else []
+        for i in range(max(len(ours_seeds), len(their_seeds))):
+            if i < len(ours_seeds):
+                seed = ours_seeds[i]
+                r = _subprocess_json(me + common + ["--worker", mode, "--seed", str(seed)],
+                                     f"ours {mode} seed {seed}", None)
+                records.setdefault(f"ours {mode}", []).extend([r] if r else [])
+            if i < len(their_seeds):
+                seed = their_seeds[i]
                 cmd = [py, str(QSENSOROPT_SCRIPT), "--mode", mode, "--steps", str(args.steps), "--batch",
                        str(args.batch), "--seed", str(seed), "--n-eval", str(args.eval_episodes)]
                 r = _subprocess_json(cmd, f"qsensoropt {mode} seed {seed}", args.timeout)
