@@ -51,7 +51,7 @@ def _peak_mb() -> float:
 
 
 def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, baseline: str = "none",
-             learning_rate: float | None = None) -> dict:
+             learning_rate: float | None = None, warmup_steps: int = 0) -> dict:
     """Train and evaluate one arm in this process; returns the shared JSON record."""
     import jax
 
@@ -62,7 +62,7 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
     params = task.default_params()
     config = mapf.ModelAwarePFConfig(policy=mode, iterations=steps, batch=batch,
                                      checkpoint_every=min(128, steps), dtype="float32",
-                                     baseline=baseline)
+                                     baseline=baseline, warmup_steps=warmup_steps)
     hyper = mapf.default_hyper(mode)
     if learning_rate is not None:
         hyper["learning_rate"] = jax.numpy.asarray(learning_rate)
@@ -86,6 +86,7 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
     return {
         "implementation": "qsm-gym", "mode": mode, "seed": seed, "steps": steps, "batch": batch, "baseline": baseline,
         "learning_rate": float(hyper["learning_rate"]),
+        "warmup_steps": warmup_steps,
         "mse_n": se.mean(0).tolist(), "mse_final": float(se[:, -1].mean()),
         "mse_samples": se[:, -1].tolist(), "median_se": float(np.median(se[:, -1])),
         "compile_s": compile_s, "sec_per_step": (run_s - pre_s) / steps, "run_s": run_s,
@@ -198,7 +199,11 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", choices=("none", "batch_mean"), default="none",
                         help="score-term baseline of our agent (spec NV-DC-24: none)")
     parser.add_argument("--learning-rate", type=float, default=None,
-                        help="our agent's initial Adam rate (default: the spec's, 0.1 static / 1e-3 nn)")
+                        help="initial Adam rate of both sides (default: the spec's, 0.1 static / 1e-3 nn)")
+    parser.add_argument("--learning-rate-ours-only", action="store_true",
+                        help="leave qsensoropt at its spec rate when --learning-rate is given")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="our agent's linear learning-rate warm-up (spec NV-DC-24 and qsensoropt: 0)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per qsensoropt run, seconds")
     parser.add_argument("--out-dir", default=None, help="write summary.json (and the raw records) here")
     parser.add_argument("--from-summary", default=None,
@@ -217,7 +222,7 @@ def main(argv=None) -> int:
     if args.worker:  # one arm in this process
         if args.worker in MODES:
             record = run_ours(args.worker, args.seed, args.steps, args.batch, args.eval_episodes, args.baseline,
-                              args.learning_rate)
+                              args.learning_rate, args.warmup_steps)
         else:
             record = run_heuristic(args.worker, args.seed, args.eval_episodes)
         Path(args.out).write_text(json.dumps(record))
@@ -249,7 +254,7 @@ def run_arms(args) -> dict[str, list[dict]]:
     qsensoropt's; returns the records per arm."""
     me = [sys.executable, "-m", "qsmgym.experiments.nv_side_by_side"]
     common = ["--steps", str(args.steps), "--batch", str(args.batch), "--eval-episodes", str(args.eval_episodes),
-              "--baseline", args.baseline] + ([] if args.learning_rate is None else
+              "--baseline", args.baseline, "--warmup-steps", str(args.warmup_steps)] + ([] if args.learning_rate is None else
                                               ["--learning-rate", str(args.learning_rate)])
     print(f"NV-DC-24 side by side: {args.steps} Adam steps at batch {args.batch}, {args.eval_episodes} evaluation "
           f"episodes, seeds {args.seeds}; host {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
@@ -282,6 +287,8 @@ def run_arms(args) -> dict[str, list[dict]]:
                 seed = their_seeds[i]
                 cmd = [py, str(QSENSOROPT_SCRIPT), "--mode", mode, "--steps", str(args.steps), "--batch",
                        str(args.batch), "--seed", str(seed), "--n-eval", str(args.eval_episodes)]
+                if args.learning_rate is not None and not args.learning_rate_ours_only:
+                    cmd += ["--learning-rate", str(args.learning_rate)]
                 r = _subprocess_json(cmd, f"qsensoropt {mode} seed {seed}", args.timeout)
                 records.setdefault(f"qsensoropt {mode}", []).extend([r] if r else [])
     return records

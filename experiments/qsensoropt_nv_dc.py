@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fresh evaluation episodes")
     parser.add_argument("--eval-batch", type=_positive_int("--eval-batch"), default=1024,
                         help="episodes per evaluation call (capped at --n-eval)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help=f"Adam's initial rate of InverseSqrtDecay (default: {NN_LR} nn, {STATIC_LR} static)")
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--out", required=True, help="path of the JSON result")
@@ -129,6 +131,8 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
                              f"got {value!r}")
     if not isinstance(args.seed, int) or isinstance(args.seed, bool) or args.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {args.seed!r}")
+    if args.learning_rate is not None and not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"--learning-rate must be a positive finite number, got {args.learning_rate!r}")
     if not isinstance(args.threads, int) or args.threads < 0:
         raise ValueError(f"--threads must be a non-negative integer, got {args.threads!r}")
     if args.mode in TRAINED_MODES and args.steps >= INTERVAL_SAVE \
@@ -397,7 +401,8 @@ def _make_trainable(mode: str, prec: str = "float32"):
     return None
 
 
-def _train(simulation, mode: str, trainable, steps: int, seed: int) -> Dict[str, Any]:
+def _train(simulation, mode: str, trainable, steps: int, seed: int,
+           learning_rate: Optional[float] = None) -> Dict[str, Any]:
     """Runs ``qsensoropt.utils.train`` and returns per-step wall times."""
     from tensorflow.keras.optimizers import Adam
     from tensorflow.random import Generator
@@ -415,7 +420,7 @@ def _train(simulation, mode: str, trainable, steps: int, seed: int) -> Dict[str,
             stamps.append(time.perf_counter())
             return out
 
-    lr = NN_LR if mode == "nn" else STATIC_LR
+    lr = learning_rate if learning_rate is not None else (NN_LR if mode == "nn" else STATIC_LR)
     optimizer = TimedAdam(learning_rate=InverseSqrtDecay(lr, "float32"))
     kwargs = {"network": trainable} if mode == "nn" else {"custom_controls": trainable}
     with tempfile.TemporaryDirectory(prefix="qsensoropt_train_") as scratch:
@@ -493,7 +498,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     if args.mode in TRAINED_MODES:
         sim = _build_simulation(classes, args.batch, _control_strategy(args.mode, trainable),
                                 args.mode, f"nv_dc24_{args.mode}")
-        train_info = _train(sim, args.mode, trainable, args.steps, args.seed)
+        train_info = _train(sim, args.mode, trainable, args.steps, args.seed, args.learning_rate)
         timings = summarise_timings(train_info["step_seconds"])
     evaluation = _evaluate(classes, args.mode, trainable, args.n_eval, args.eval_batch,
                            args.seed)
@@ -522,6 +527,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "numpy_version": np.__version__,
         "python_version": sys.version.split()[0],
         "threads": args.threads,
+        "learning_rate": args.learning_rate if args.learning_rate is not None else (
+            NN_LR if args.mode == "nn" else STATIC_LR),
         "loadavg_1m_start": loadavg_start,
         "loadavg_1m_end": os.getloadavg()[0],
         "controls": (trainable.numpy()[:, 0] * PREFACT + 1).__abs__().tolist()

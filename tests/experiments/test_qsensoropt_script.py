@@ -43,6 +43,8 @@ def test_parse_args_interface_used_by_side_by_side(tmp_path):
     assert (args.mode, args.steps, args.batch, args.seed, args.n_eval, args.out) == (
         "nn", 256, 256, 2, 16384, str(out))
     assert args.eval_batch == 1024 and args.threads == 0  # documented defaults
+    assert args.learning_rate is None  # None: the spec's rate for the mode
+    assert script.parse_args(["--mode", "nn", "--learning-rate", "1e-4", "--out", str(out)]).learning_rate == 1e-4
 
 
 @pytest.mark.parametrize("argv", [
@@ -73,7 +75,8 @@ def test_steps_must_fill_whole_checkpoint_blocks(tmp_path):
 def test_validate_args_names_argument_and_value(tmp_path):
     good = script.parse_args(["--mode", "nn", "--out", str(tmp_path / "r.json")])
     for name, value, flag in [("seed", -1, "--seed"), ("n_eval", 0, "--n-eval"),
-                              ("threads", -2, "--threads"), ("mode", "ppo", "--mode")]:
+                              ("threads", -2, "--threads"), ("mode", "ppo", "--mode"),
+                              ("learning_rate", -0.001, "--learning-rate"), ("learning_rate", float("nan"), "--learning-rate")]:
         bad = type(good)(**{**vars(good), name: value})
         with pytest.raises(ValueError, match=rf"{flag}.*{value}"):
             script.validate_args(bad)
