@@ -1,0 +1,181 @@
+"""NV-DC-24: our NN gradient estimator against qsensoropt's, at identical network weights.
+
+Why: with the spec's settings our NN arm stalls on some seeds and qsensoropt's does not
+(docs/results/nv-dc-24/). This script separates "the two estimators differ" from "the same
+estimator, a different lottery": both libraries compute the gradient of the NV-DC-24 training
+loss (log + cumulative, outcome score term, Ścibior–Wood resampling; batch 256) at the SAME
+weights (qsensoropt's preconditioned network for --seed), over many independent batches, and
+the means are compared parameter by parameter; then one Adam first step (lr * sign(g), what
+Adam's first update is) is taken from each batch gradient and the loss after it is measured.
+
+Three stages, two interpreters (qsensoropt needs its own venv, experiments/qsensoropt_venv.sh):
+
+    .venv-qsensoropt/bin/python experiments/nv_gradient_compare.py tf   --seed 0 --batches 128 --out /tmp/g
+    .venv/bin/python -m qsmgym.experiments.nv_gradient_compare ours     --batches 128 --out /tmp/g
+    .venv/bin/python -m qsmgym.experiments.nv_gradient_compare compare  --out /tmp/g [--sign-steps 6]
+
+The ``tf`` stage writes tf.npz (weights, per-batch gradients and losses); ``ours`` loads those
+weights into our TauNetwork and writes ours.npz; ``compare`` prints the loss means, the norm
+ratio and cosine of the mean gradients, per-parameter z-scores (difference of means over the
+combined standard error), and with --sign-steps the loss (16 fixed evaluation batches, our
+core) after one lr * sign(g) step from each side's first batch gradients and from the mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _tf_stage(seed: int, batches: int, out: Path) -> None:
+    import tensorflow as tf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import qsensoropt_nv_dc as Q  # the same builders as the side-by-side runs
+
+    tf.keras.utils.set_random_seed(seed)
+    net = Q._make_trainable("nn")
+    sim = Q._build_simulation(Q._make_classes(), 256, Q._control_strategy("nn", net), "nn", "gradcmp")
+    variables = net.trainable_variables
+
+    @tf.function(jit_compile=False)
+    def grad(rangen):
+        with tf.GradientTape() as tape:
+            loss_diff, loss = sim.execute(rangen)
+        return tape.gradient(loss_diff, variables), loss
+
+    rangen = tf.random.Generator.from_seed(seed + 7)
+    grads, losses = [], []
+    for _ in range(batches):
+        g, loss = grad(rangen)
+        grads.append(np.concatenate([x.numpy().ravel() for x in g]))
+        losses.append(float(loss))
+    np.savez(out / "tf.npz", weights=np.array([v.numpy() for v in variables], dtype=object),
+             grads=np.array(grads), losses=np.array(losses))
+    print(f"tf: {batches} batches, mean loss {np.mean(losses):.4f}")
+
+
+def _our_setup(weights_file: Path):
+    import jax
+    import jax.numpy as jnp
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+    from qsmgym.physics.precision import ensure_x64
+
+    ensure_x64()
+    task = BayesianMagnetometry()
+    config = mapf.ModelAwarePFConfig(policy="nn", batch=256)
+    init, loss = mapf.make_loss(config, task, task.default_params())
+    template = init(jax.random.PRNGKey(0))
+    names = sorted(template["params"], key=lambda s: int(s.split("_")[1]))
+    weights = [np.asarray(w, np.float32) for w in np.load(weights_file, allow_pickle=True)["weights"]]
+    if len(weights) != 2 * len(names):
+        raise ValueError(f"{weights_file}: {len(weights)} arrays, expected {2 * len(names)} (kernel, bias per layer)")
+    sizes = [w.size for w in weights]
+
+    def to_params(flat):
+        out, i = {"params": {}}, 0
+        for j, name in enumerate(names):
+            layer = {}
+            for part, w in (("kernel", weights[2 * j]), ("bias", weights[2 * j + 1])):
+                if template["params"][name][part].shape != w.shape:
+                    raise ValueError(f"{name}/{part}: shape {w.shape}, ours {template['params'][name][part].shape}")
+                layer[part] = jnp.asarray(flat[i:i + w.size].reshape(w.shape), jnp.float32)
+                i += w.size
+            out["params"][name] = layer
+        return out
+
+    def flatten(p):
+        return np.concatenate([np.asarray(p["params"][n][part]).ravel() for n in names for part in ("kernel", "bias")])
+
+    w0 = np.concatenate([w.ravel() for w in weights])
+    assert w0.size == sum(sizes)
+    return loss, to_params, flatten, w0
+
+
+def _ours_stage(batches: int, out: Path) -> None:
+    import jax
+
+    loss, to_params, flatten, w0 = _our_setup(out / "tf.npz")
+    value_and_grad = jax.jit(jax.value_and_grad(lambda p, k: loss(p, k)[0]))
+    p = to_params(w0)
+    grads, losses = [], []
+    for i in range(batches):
+        value, g = value_and_grad(p, jax.random.PRNGKey(1000 + i))
+        grads.append(flatten(g))
+        losses.append(float(value))
+    np.savez(out / "ours.npz", grads=np.array(grads), losses=np.array(losses))
+    print(f"ours: {batches} batches, mean loss {np.mean(losses):.4f}")
+
+
+def _compare_stage(out: Path, sign_steps: int, lr: float) -> dict:
+    a, b = np.load(out / "tf.npz", allow_pickle=True), np.load(out / "ours.npz")
+    ga, gb = a["grads"], b["grads"]
+    la, lb = a["losses"], b["losses"]
+    ma, mb = ga.mean(0), gb.mean(0)
+    sa, sb = ga.std(0, ddof=1) / np.sqrt(len(ga)), gb.std(0, ddof=1) / np.sqrt(len(gb))
+    z = (ma - mb) / np.sqrt(sa**2 + sb**2 + 1e-30)
+    report = {
+        "loss_tf": (la.mean(), la.std(ddof=1) / np.sqrt(len(la))),
+        "loss_ours": (lb.mean(), lb.std(ddof=1) / np.sqrt(len(lb))),
+        "norm_ratio_ours_over_tf": np.linalg.norm(mb) / np.linalg.norm(ma),
+        "cosine": float(ma @ mb / np.linalg.norm(ma) / np.linalg.norm(mb)),
+        "frac_abs_z_gt_3": float((np.abs(z) > 3).mean()),
+        "rms_z": float(np.sqrt((z**2).mean())),
+        "n_params": int(z.size),
+    }
+    print(f"loss (log + cumulative) tf {report['loss_tf'][0]:.4f} +- {report['loss_tf'][1]:.4f}, "
+          f"ours {report['loss_ours'][0]:.4f} +- {report['loss_ours'][1]:.4f}  ({len(ga)} / {len(gb)} batches)")
+    print(f"mean gradient: |ours| / |tf| = {report['norm_ratio_ours_over_tf']:.3f}, cosine {report['cosine']:.3f}; "
+          f"per-parameter z: {100 * report['frac_abs_z_gt_3']:.2f}% beyond 3, rms {report['rms_z']:.2f} "
+          f"({report['n_params']} parameters)")
+    if sign_steps:
+        import jax
+
+        loss, to_params, _, w0 = _our_setup(out / "tf.npz")
+        f = jax.jit(lambda p, k: loss(p, k)[0])
+
+        def evaluate(flat):
+            p = to_params(flat.astype(np.float32))
+            return float(np.mean([float(f(p, jax.random.PRNGKey(9000 + i))) for i in range(16)]))
+
+        report["loss_at_weights"] = evaluate(w0)
+        print(f"loss at the weights (16 fixed batches): {report['loss_at_weights']:.3f}")
+        for side, g in (("tf", ga), ("ours", gb)):
+            after = [evaluate(w0 - lr * np.sign(g[i])) for i in range(min(sign_steps, len(g)))]
+            mean_step = evaluate(w0 - lr * np.sign(g.mean(0)))
+            report[f"after_sign_step_{side}"] = after
+            report[f"after_mean_sign_step_{side}"] = mean_step
+            print(f"{side}: loss after one {lr:g} * sign(g) step from each of its first {len(after)} batch "
+                  f"gradients: {np.round(after, 2).tolist()}; from the mean gradient: {mean_step:.2f}")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("tf", "ours", "compare"))
+    parser.add_argument("--out", required=True, help="folder for tf.npz and ours.npz")
+    parser.add_argument("--seed", type=int, default=0, help="tf stage: seed of qsensoropt's preconditioned network")
+    parser.add_argument("--batches", type=int, default=128, help="independent batches of 256 episodes")
+    parser.add_argument("--sign-steps", type=int, default=0, help="compare stage: batch gradients to step from")
+    parser.add_argument("--lr", type=float, default=1e-3, help="compare stage: the step's size (spec NN rate)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.batches < 2:
+        parser.error(f"--batches must be >= 2, got {args.batches}")
+    if args.stage == "tf":
+        out.mkdir(parents=True, exist_ok=True)
+        _tf_stage(args.seed, args.batches, out)
+    elif args.stage == "ours":
+        _ours_stage(args.batches, out)
+    else:
+        _compare_stage(out, args.sign_steps, args.lr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

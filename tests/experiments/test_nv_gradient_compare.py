@@ -1,0 +1,40 @@
+"""The statistics of experiments/nv_gradient_compare.py's compare stage, on synthetic gradients
+(the tf and ours stages need qsensoropt's venv and minutes; they were run by hand, see the
+script's docstring)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qsmgym.experiments import nv_gradient_compare as gc
+
+
+def _write(tmp_path, shift: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(size=500)
+    tf = mean + rng.normal(size=(64, 500))
+    ours = mean + shift + rng.normal(size=(64, 500))
+    np.savez(tmp_path / "tf.npz", weights=np.array([np.zeros(1)], dtype=object), grads=tf,
+             losses=rng.normal(-5, 0.1, 64))
+    np.savez(tmp_path / "ours.npz", grads=ours, losses=rng.normal(-5, 0.1, 64))
+
+
+def test_same_expected_gradient_passes_the_z_test(tmp_path):
+    _write(tmp_path, shift=0.0)
+    r = gc._compare_stage(tmp_path, 0, 1e-3)
+    # 500 parameters, SE 1/8 each side: |z| > 3 has probability 0.27% per parameter
+    assert r["frac_abs_z_gt_3"] < 0.02 and 0.8 < r["rms_z"] < 1.2
+    assert r["cosine"] > 0.95 and abs(r["norm_ratio_ours_over_tf"] - 1) < 0.05
+
+
+def test_a_shifted_gradient_is_caught(tmp_path):
+    _write(tmp_path, shift=1.0)  # 1.0 against a combined SE of 0.18: z ~ 5.7
+    r = gc._compare_stage(tmp_path, 0, 1e-3)
+    assert r["frac_abs_z_gt_3"] > 0.9
+
+
+def test_too_few_batches_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        gc.main(["ours", "--out", str(tmp_path), "--batches", "1"])
+    assert info.value.code == 2 and "--batches" in capsys.readouterr().err
