@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _tf_stage(seed: int, batches: int, out: Path) -> None:
+def _tf_stage(seed: int, batches: int, out: Path, weights: Path | None = None) -> None:
     import tensorflow as tf
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +38,8 @@ def _tf_stage(seed: int, batches: int, out: Path) -> None:
 
     tf.keras.utils.set_random_seed(seed)
     net = Q._make_trainable("nn")
+    if weights is not None:  # e.g. a trained network: compare the estimators away from the start
+        net.set_weights([np.asarray(w) for w in np.load(weights, allow_pickle=True)["weights"]])
     sim = Q._build_simulation(Q._make_classes(), 256, Q._control_strategy("nn", net), "nn", "gradcmp")
     variables = net.trainable_variables
 
@@ -160,6 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("stage", choices=("tf", "ours", "compare"))
     parser.add_argument("--out", required=True, help="folder for tf.npz and ours.npz")
     parser.add_argument("--seed", type=int, default=0, help="tf stage: seed of qsensoropt's preconditioned network")
+    parser.add_argument("--weights", default=None,
+                        help="tf stage: an npz whose 'weights' (Keras order) replace the fresh network")
     parser.add_argument("--batches", type=int, default=128, help="independent batches of 256 episodes")
     parser.add_argument("--sign-steps", type=int, default=0, help="compare stage: batch gradients to step from")
     parser.add_argument("--lr", type=float, default=1e-3, help="compare stage: the step's size (spec NN rate)")
@@ -169,7 +173,7 @@ def main(argv=None) -> int:
         parser.error(f"--batches must be >= 2, got {args.batches}")
     if args.stage == "tf":
         out.mkdir(parents=True, exist_ok=True)
-        _tf_stage(args.seed, args.batches, out)
+        _tf_stage(args.seed, args.batches, out, Path(args.weights) if args.weights else None)
     elif args.stage == "ours":
         _ours_stage(args.batches, out)
     else:
