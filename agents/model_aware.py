@@ -58,7 +58,7 @@ import optax
 from flax import struct
 
 from qsmgym.agents.distributions import PolicySpec
-from qsmgym.agents.ppo import _sidecar, read_msgpack_checkpoint
+from qsmgym.agents.ppo import _sidecar, read_msgpack_checkpoint, restore_params
 from qsmgym.envs.core import FunctionalEnv
 
 NETWORKS = ("mlp", "lstm")
@@ -402,13 +402,4 @@ def load_checkpoint(path) -> Checkpoint:
     cfg["hidden_sizes"] = tuple(cfg["hidden_sizes"])
     config = ModelAwareConfig(**cfg)
     spec = PolicySpec.from_json(meta["spec"])
-    if not isinstance(state, dict) or "params" not in state:
-        raise ValueError(f"{path} holds no 'params' entry; not a model-aware checkpoint")
-    template = _template(config, spec)
-    got = jax.tree_util.tree_map(lambda x: np.shape(x), state["params"])
-    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), template)
-    if jax.tree_util.tree_structure(state["params"]) != jax.tree_util.tree_structure(template) or got != want:
-        raise ValueError(f"{path}: parameter structure/shapes do not match the network of its config "
-                         f"(got {got}, expected {want})")
-    params = jax.tree_util.tree_map(lambda x, t: jnp.asarray(x, t.dtype), state["params"], template)
-    return Checkpoint(params, config, spec)
+    return Checkpoint(restore_params(path, state, _template(config, spec), "model-aware"), config, spec)

@@ -604,6 +604,24 @@ def read_msgpack_checkpoint(path: Path, fmt: str) -> tuple[Any, dict]:
     return state, meta
 
 
+def restore_params(path: Path, state, template, kind: str):
+    """``state["params"]`` from a msgpack checkpoint, checked leaf by leaf against ``template``
+    (the network the checkpoint's config describes) and cast to its dtypes.
+
+    Raises:
+        ValueError: no "params" entry ("not a ``kind`` checkpoint"), or a structure or shapes
+            that differ from the template's.
+    """
+    if not isinstance(state, dict) or "params" not in state:
+        raise ValueError(f"{path} holds no 'params' entry; not a {kind} checkpoint")
+    got = jax.tree_util.tree_map(lambda x: np.shape(x), state["params"])
+    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), template)
+    if jax.tree_util.tree_structure(state["params"]) != jax.tree_util.tree_structure(template) or got != want:
+        raise ValueError(f"{path}: parameter structure/shapes do not match the network of its config "
+                         f"(got {got}, expected {want})")
+    return jax.tree_util.tree_map(lambda x, t: jnp.asarray(x, t.dtype), state["params"], template)
+
+
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; never unpickles anything.
 
@@ -616,15 +634,7 @@ def load_checkpoint(path) -> Checkpoint:
     state, meta = read_msgpack_checkpoint(path, CHECKPOINT_FORMAT)
     config = PPOConfig(**meta["config"])
     spec = PolicySpec.from_json(meta["spec"])
-    if not isinstance(state, dict) or "params" not in state:
-        raise ValueError(f"{path} holds no 'params' entry; not a PPO checkpoint")
-    template = _template(config, spec)
-    got = jax.tree_util.tree_map(lambda x: np.shape(x), state["params"])
-    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), template)
-    if jax.tree_util.tree_structure(state["params"]) != jax.tree_util.tree_structure(template) or got != want:
-        raise ValueError(f"{path}: parameter structure/shapes do not match the network of its config "
-                         f"(got {got}, expected {want})")
-    params = jax.tree_util.tree_map(lambda x, t: jnp.asarray(x, t.dtype), state["params"], template)
+    params = restore_params(path, state, _template(config, spec), "PPO")
     obs_rms = None
     if meta.get("has_obs_rms"):
         s = state["obs_rms"]

@@ -77,7 +77,6 @@ def _our_setup(weights_file: Path):
     weights = [np.asarray(w, np.float32) for w in np.load(weights_file, allow_pickle=True)["weights"]]
     if len(weights) != 2 * len(names):
         raise ValueError(f"{weights_file}: {len(weights)} arrays, expected {2 * len(names)} (kernel, bias per layer)")
-    sizes = [w.size for w in weights]
 
     def to_params(flat):
         out, i = {"params": {}}, 0
@@ -95,7 +94,6 @@ def _our_setup(weights_file: Path):
         return np.concatenate([np.asarray(p["params"][n][part]).ravel() for n in names for part in ("kernel", "bias")])
 
     w0 = np.concatenate([w.ravel() for w in weights])
-    assert w0.size == sum(sizes)
     return loss, to_params, flatten, w0
 
 

@@ -402,7 +402,7 @@ def _make_trainable(mode: str, prec: str = "float32"):
 
 
 def _train(simulation, mode: str, trainable, steps: int, seed: int,
-           learning_rate: Optional[float] = None) -> Dict[str, Any]:
+           learning_rate: float) -> Dict[str, Any]:
     """Runs ``qsensoropt.utils.train`` and returns per-step wall times."""
     from tensorflow.keras.optimizers import Adam
     from tensorflow.random import Generator
@@ -420,8 +420,7 @@ def _train(simulation, mode: str, trainable, steps: int, seed: int,
             stamps.append(time.perf_counter())
             return out
 
-    lr = learning_rate if learning_rate is not None else (NN_LR if mode == "nn" else STATIC_LR)
-    optimizer = TimedAdam(learning_rate=InverseSqrtDecay(lr, "float32"))
+    optimizer = TimedAdam(learning_rate=InverseSqrtDecay(learning_rate, "float32"))
     kwargs = {"network": trainable} if mode == "nn" else {"custom_controls": trainable}
     with tempfile.TemporaryDirectory(prefix="qsensoropt_train_") as scratch:
         start = time.perf_counter()
@@ -493,12 +492,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     trainable = _make_trainable(args.mode)
     precondition_s = time.perf_counter() - wall0
 
+    learning_rate = args.learning_rate if args.learning_rate is not None else (
+        NN_LR if args.mode == "nn" else STATIC_LR)
     timings: Dict[str, Any] = {"sec_per_step": None, "compile_s": None}
     train_info: Dict[str, Any] = {}
     if args.mode in TRAINED_MODES:
         sim = _build_simulation(classes, args.batch, _control_strategy(args.mode, trainable),
                                 args.mode, f"nv_dc24_{args.mode}")
-        train_info = _train(sim, args.mode, trainable, args.steps, args.seed, args.learning_rate)
+        train_info = _train(sim, args.mode, trainable, args.steps, args.seed, learning_rate)
         timings = summarise_timings(train_info["step_seconds"])
     evaluation = _evaluate(classes, args.mode, trainable, args.n_eval, args.eval_batch,
                            args.seed)
@@ -527,8 +528,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "numpy_version": np.__version__,
         "python_version": sys.version.split()[0],
         "threads": args.threads,
-        "learning_rate": args.learning_rate if args.learning_rate is not None else (
-            NN_LR if args.mode == "nn" else STATIC_LR),
+        "learning_rate": learning_rate,
         "loadavg_1m_start": loadavg_start,
         "loadavg_1m_end": os.getloadavg()[0],
         "controls": (trainable.numpy()[:, 0] * PREFACT + 1).__abs__().tolist()
