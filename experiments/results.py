@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from qsmgym.experiments.runs import git_commit
 from qsmgym.experiments.stats import iqm, stratified_bootstrap_ci
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation keys: PRNGKey(EVAL_SEED_OFFSET + seed), never used in training
@@ -614,15 +614,6 @@ def plot_curves(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def run(entries: list[Entry], seeds, out_dir, *, budget: str = "default", command: str = COMMAND,
         log: Callable[[str], None] = print) -> dict:
     """Train and evaluate every entry over ``seeds``; write results.json, results.md and
@@ -660,7 +651,7 @@ def run(entries: list[Entry], seeds, out_dir, *, budget: str = "default", comman
     result = {
         "hardware": hardware_line(),
         "jax_version": jax.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "command": command,
         "budget": budget,
         "seeds": seeds,

@@ -44,7 +44,7 @@ import numpy as np
 
 from qsmgym.leaderboard.submission import FORMAT, SUBMISSION_FILE, load_submission
 
-from qsmgym.experiments.results import _git_commit
+from qsmgym.experiments.runs import git_commit
 
 COMMAND = "python -m qsmgym.leaderboard.baselines --out leaderboard/submissions"
 
@@ -99,7 +99,7 @@ def write_entry(out: Path, task, *, agent: str, description: str, config: dict, 
     if weights is not None:
         (folder / solution["weights_file"]).write_bytes(weights)
     data = {
-        "format": FORMAT, "env_id": task.id, "qsmgym_version": _version(), "qsmgym_commit": _git_commit(),
+        "format": FORMAT, "env_id": task.id, "qsmgym_version": _version(), "qsmgym_commit": git_commit(),
         "agent": {"name": agent, "description": description}, "config": _jsonable(config),
         "training_seeds": [int(s) for s in seeds],
         "compute": {"device": _device(), "wall_seconds": round(float(wall_s), 2), "env_steps": int(env_steps)},
