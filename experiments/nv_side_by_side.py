@@ -143,7 +143,8 @@ def qsensoropt_python(flag: str | None) -> str | None:
 
 
 def bootstrap_ci(x, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, float]:
-    """Mean and 95 % percentile-bootstrap CI (vectorised resampling of the episodes)."""
+    """Mean and 95 % percentile-bootstrap CI, resampling the episodes (one seed or an
+    untrained policy: the episodes are the only source of spread)."""
     x = np.asarray(x, np.float64)
     rng = np.random.default_rng(seed)
     means = np.array([x[rng.integers(0, x.size, x.size)].mean() for _ in range(n_boot)])
@@ -151,21 +152,91 @@ def bootstrap_ci(x, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, fl
     return float(x.mean()), float(lo), float(hi)
 
 
+def _seed_replicates(per_seed_means, per_seed_se, rng, n_boot: int) -> np.ndarray:
+    """Two-stage bootstrap replicates of the mean over seeds: draw the seeds with replacement,
+    then each drawn seed's episode mean from N(mean_s, se_s^2) (the episode stage, normal:
+    16,384 episodes per seed make the exact resample indistinguishable and 1000x slower)."""
+    m, se = np.asarray(per_seed_means, np.float64), np.asarray(per_seed_se, np.float64)
+    idx = rng.integers(0, m.size, (n_boot, m.size))
+    return (m[idx] + se[idx] * rng.standard_normal(idx.shape)).mean(axis=1)
+
+
+def seed_bootstrap_ci(per_seed_samples, seed: int = 0, n_boot: int = 4000) -> tuple[float, float, float]:
+    """Mean over seeds of the per-seed mean, with a 95 % two-stage (seeds, then episodes)
+    percentile-bootstrap CI. With trained policies the seeds, not the episodes, carry most of
+    the spread: pooling the episodes of 5 seeds and resampling them gives a CI that ignores
+    which seeds happened to stall (what this file printed before session 14)."""
+    samples = [np.asarray(x, np.float64) for x in per_seed_samples]
+    if len(samples) < 2:
+        raise ValueError(f"seed_bootstrap_ci needs >= 2 seeds, got {len(samples)}")
+    means = [x.mean() for x in samples]
+    se = [x.std(ddof=1) / np.sqrt(x.size) for x in samples]
+    reps = _seed_replicates(means, se, np.random.default_rng(seed), n_boot)
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    return float(np.mean(means)), float(lo), float(hi)
+
+
+def compare_arms(ours: list[dict], theirs: list[dict], seed: int = 0, n_boot: int = 4000) -> dict:
+    """Ours against qsensoropt over seeds: the ratio of the seed means of MSE(24) with a
+    two-stage bootstrap CI (each side resampled on its own), the medians of the per-seed
+    MSE(24), and a two-sided Mann-Whitney U test on the per-seed MSE(24) (are the seed
+    outcomes of one library shifted against the other's?)."""
+    from scipy.stats import mannwhitneyu
+
+    a = [np.asarray(r["mse_samples"], np.float64) for r in ours]
+    b = [np.asarray(r["mse_samples"], np.float64) for r in theirs]
+    ma, mb = np.array([x.mean() for x in a]), np.array([x.mean() for x in b])
+    out = {"ratio": float(ma.mean() / mb.mean()), "median_ours": float(np.median(ma)),
+           "median_theirs": float(np.median(mb)), "n_seeds": (len(a), len(b))}
+    if len(a) >= 2 and len(b) >= 2:
+        rng = np.random.default_rng(seed)
+        sa = [x.std(ddof=1) / np.sqrt(x.size) for x in a]
+        sb = [x.std(ddof=1) / np.sqrt(x.size) for x in b]
+        ratios = _seed_replicates(ma, sa, rng, n_boot) / _seed_replicates(mb, sb, rng, n_boot)
+        out["ratio_ci"] = tuple(float(v) for v in np.quantile(ratios, [0.025, 0.975]))
+        out["mannwhitney_p"] = float(mannwhitneyu(ma, mb, alternative="two-sided").pvalue)
+    return out
+
+
 def summarise(records: list[dict]) -> dict:
-    """Pool the seeds of one arm: MSE(n) mean curve, MSE(24) bootstrap CI over the pooled
-    episodes, per-seed MSE(24), mean s/step and compile s, max peak MB."""
-    samples = np.concatenate([np.asarray(r["mse_samples"]) for r in records])
-    mean, lo, hi = bootstrap_ci(samples)
+    """Pool the seeds of one arm: MSE(n) mean curve; MSE(24) as the mean over seeds with a
+    two-stage seed bootstrap CI (one record: an episode bootstrap); per-seed MSE(24); mean
+    s/step and compile s; max peak MB."""
+    per_seed = [np.asarray(r["mse_samples"]) for r in records]
+    samples = np.concatenate(per_seed)
+    if len(per_seed) >= 2:
+        mean, lo, hi = seed_bootstrap_ci(per_seed)
+        ci_kind = "seeds"
+    else:
+        mean, lo, hi = bootstrap_ci(samples)
+        ci_kind = "episodes"
     curves = np.asarray([r["mse_n"] for r in records])
     def nanmean(k):  # NaN for the heuristics (no training), without numpy's empty-slice warning
         v = np.asarray([r.get(k, np.nan) for r in records], np.float64)
         return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
 
-    return {"seeds": [r.get("seed") for r in records], "mse24": mean, "mse24_ci": (lo, hi),
+    return {"seeds": [r.get("seed") for r in records], "mse24": mean, "mse24_ci": (lo, hi), "ci_kind": ci_kind,
             "mse24_per_seed": [r["mse_final"] for r in records], "mse_n": curves.mean(0).tolist(),
             "mse20": float(curves[:, 19].mean()), "median_se": float(np.median(samples)),
             "sec_per_step": nanmean("sec_per_step"), "compile_s": nanmean("compile_s"),
             "peak_mem_mb": float(np.nanmax([r["peak_mem_mb"] for r in records]))}
+
+
+def merge_records(sources: list[tuple[str, dict[str, list[dict]]]]) -> dict[str, list[dict]]:
+    """Join the records of several runs (e.g. seeds 0-4 and 5-14 from two sessions) arm by arm.
+    Raises ValueError when one arm has the same seed twice (the two runs would be counted as
+    independent)."""
+    out: dict[str, list[dict]] = {}
+    seen: dict[tuple[str, object], str] = {}
+    for origin, records in sources:
+        for arm, rs in records.items():
+            for r in rs:
+                key = (arm, r.get("seed"))
+                if key in seen:
+                    raise ValueError(f"arm {arm!r} has seed {r.get('seed')!r} in both {seen[key]} and {origin}")
+                seen[key] = origin
+                out.setdefault(arm, []).append(r)
+    return out
 
 
 def print_table(arms: dict[str, dict]) -> None:
@@ -178,6 +249,7 @@ def print_table(arms: dict[str, dict]) -> None:
         f = lambda v, fmt: "-" if not np.isfinite(v) else format(v, fmt)  # noqa: E731
         print(f"{name:<22}{len(s['seeds']):>6}  {ci:<34}{s['mse20']:>10.3e}{s['median_se']:>11.2e}"
               f"{f(s['sec_per_step'], '.4f'):>9}{f(s['compile_s'], '.1f'):>10}{s['peak_mem_mb']:>9.0f}")
+    print("CI: 95 % two-stage bootstrap over seeds, then episodes (one record: over its episodes).")
     print("\nMSE(n), n = 1..24 (mean over seeds):")
     for name, s in arms.items():
         print(f"{name:<22}" + " ".join(f"{v:.2e}" for v in s["mse_n"]))
@@ -206,8 +278,9 @@ def main(argv=None) -> int:
                         help="our agent's linear learning-rate warm-up (spec NV-DC-24 and qsensoropt: 0)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per qsensoropt run, seconds")
     parser.add_argument("--out-dir", default=None, help="write summary.json (and the raw records) here")
-    parser.add_argument("--from-summary", default=None,
-                        help="print the table from an earlier summary.json instead of running our arms")
+    parser.add_argument("--from-summary", nargs="+", default=None,
+                        help="print the table from earlier summary.json files (their records joined arm by "
+                             "arm, e.g. seeds 0-4 and 5-14 of two runs) instead of running anything")
     parser.add_argument("--records", nargs="+", default=None,
                         help="result JSONs (our --worker outputs or experiments/qsensoropt_nv_dc.py's) to "
                              "tabulate; with them nothing is run")
@@ -229,7 +302,16 @@ def main(argv=None) -> int:
         return 0
 
     if args.from_summary:
-        records = json.loads(Path(args.from_summary).read_text())["records"]
+        sources = []
+        for path in args.from_summary:
+            try:
+                sources.append((path, json.loads(Path(path).read_text())["records"]))
+            except (OSError, ValueError, KeyError) as exc:
+                parser.error(f"--from-summary {path}: not a summary.json with records ({exc!r})")
+        try:
+            records = merge_records(sources)
+        except ValueError as exc:
+            parser.error(f"--from-summary: {exc}")
     elif args.records:
         records = {}
     else:
@@ -305,10 +387,15 @@ def report(records: dict[str, list[dict]], args) -> dict:
         ours, theirs = arms.get(f"ours {mode}"), arms.get(f"qsensoropt {mode}")
         if ours and theirs:
             speedup = theirs["sec_per_step"] / ours["sec_per_step"]
-            verdicts[mode] = {"mse24_ratio": ours["mse24"] / theirs["mse24"], "speedup": speedup,
-                              "mse_ok": ours["mse24"] <= theirs["mse24"], "speed_ok": speedup >= 10}
-            print(f"{mode}: MSE(24) ours/qsensoropt = {ours['mse24'] / theirs['mse24']:.2f} "
-                  f"({'PASS' if ours['mse24'] <= theirs['mse24'] else 'FAIL'}: ours <= qsensoropt); "
+            cmp = compare_arms(records[f"ours {mode}"], records[f"qsensoropt {mode}"])
+            mse_ok = ours["mse24"] <= theirs["mse24"]
+            verdicts[mode] = {"mse24_ratio": cmp["ratio"], "speedup": speedup, "mse_ok": mse_ok,
+                              "speed_ok": speedup >= 10, **cmp}
+            ci = f" [{cmp['ratio_ci'][0]:.2f}, {cmp['ratio_ci'][1]:.2f}]" if "ratio_ci" in cmp else ""
+            mw = f", Mann-Whitney p = {cmp['mannwhitney_p']:.2f}" if "mannwhitney_p" in cmp else ""
+            print(f"{mode}: MSE(24) ours/qsensoropt = {cmp['ratio']:.2f}{ci} "
+                  f"({'PASS' if mse_ok else 'FAIL'}: ours <= qsensoropt); per-seed median "
+                  f"{cmp['median_ours']:.3e} vs {cmp['median_theirs']:.3e}{mw}; "
                   f"s/step speed-up = {speedup:.1f}x ({'PASS' if speedup >= 10 else 'FAIL'}: >= 10x)")
     if args.out_dir:
         out = Path(args.out_dir)
