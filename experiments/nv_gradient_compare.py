@@ -14,6 +14,10 @@ Three stages, two interpreters (qsensoropt needs its own venv, experiments/qsens
     .venv/bin/python -m qsmgym.experiments.nv_gradient_compare ours     --batches 128 --out /tmp/g
     .venv/bin/python -m qsmgym.experiments.nv_gradient_compare compare  --out /tmp/g [--sign-steps 6]
 
+At a network of ours (e.g. a seed that collapsed at the spec rate), first
+    .venv/bin/python -m qsmgym.experiments.nv_gradient_compare train-ours --seed 6 --out /tmp/g6
+then the tf stage with --weights /tmp/g6/ours_weights.npz --out /tmp/g6, and ours / compare.
+
 The ``tf`` stage writes tf.npz (weights, per-batch gradients and losses); ``ours`` loads those
 weights into our TauNetwork and writes ours.npz; ``compare`` prints the loss means, the norm
 ratio and cosine of the mean gradients, per-parameter z-scores (difference of means over the
@@ -30,6 +34,16 @@ from pathlib import Path
 import numpy as np
 
 
+def load_weights(path: Path) -> list[np.ndarray]:
+    """Keras-order arrays (kernel, bias per layer) from an npz: plain arrays w0, w1, ... (what
+    ``train-ours`` writes; no pickle, so NumPy 1 in qsensoropt's venv reads what NumPy 2 wrote)
+    or an object array "weights" (what the tf stage writes)."""
+    with np.load(path, allow_pickle=False) as f:
+        if "w0" in f.files:
+            return [np.asarray(f[f"w{i}"]) for i in range(len(f.files))]
+    return [np.asarray(w) for w in np.load(path, allow_pickle=True)["weights"]]
+
+
 def _tf_stage(seed: int, batches: int, out: Path, weights: Path | None = None) -> None:
     import tensorflow as tf
 
@@ -39,7 +53,7 @@ def _tf_stage(seed: int, batches: int, out: Path, weights: Path | None = None) -
     tf.keras.utils.set_random_seed(seed)
     net = Q._make_trainable("nn")
     if weights is not None:  # e.g. a trained network: compare the estimators away from the start
-        net.set_weights([np.asarray(w) for w in np.load(weights, allow_pickle=True)["weights"]])
+        net.set_weights(load_weights(weights))
     sim = Q._build_simulation(Q._make_classes(), 256, Q._control_strategy("nn", net), "nn", "gradcmp")
     variables = net.trainable_variables
 
@@ -74,7 +88,7 @@ def _our_setup(weights_file: Path):
     init, loss = mapf.make_loss(config, task, task.default_params())
     template = init(jax.random.PRNGKey(0))
     names = sorted(template["params"], key=lambda s: int(s.split("_")[1]))
-    weights = [np.asarray(w, np.float32) for w in np.load(weights_file, allow_pickle=True)["weights"]]
+    weights = [np.asarray(w, np.float32) for w in load_weights(weights_file)]
     if len(weights) != 2 * len(names):
         raise ValueError(f"{weights_file}: {len(weights)} arrays, expected {2 * len(names)} (kernel, bias per layer)")
 
@@ -110,6 +124,32 @@ def _ours_stage(batches: int, out: Path) -> None:
         losses.append(float(value))
     np.savez(out / "ours.npz", grads=np.array(grads), losses=np.array(losses))
     print(f"ours: {batches} batches, mean loss {np.mean(losses):.4f}")
+
+
+def _train_ours_stage(seed: int, out: Path) -> None:
+    """Train our NN arm as the side-by-side does (spec settings, PRNGKey(seed)) and write the
+    final network as ours_weights.npz (w0, w1, ...: Keras order) and its loss history, e.g. to
+    compare the two estimators at a network of ours that collapsed."""
+    import jax
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+    from qsmgym.physics.precision import ensure_x64
+
+    ensure_x64()
+    task = BayesianMagnetometry()
+    config = mapf.ModelAwarePFConfig(policy="nn", batch=256)
+    result = jax.jit(mapf.make_train(config, task, task.default_params()))(jax.random.PRNGKey(seed),
+                                                                          mapf.default_hyper("nn"))
+    params = result.final_params["params"]
+    names = sorted(params, key=lambda s: int(s.split("_")[1]))
+    arrays = [np.asarray(params[n][part], np.float32) for n in names for part in ("kernel", "bias")]
+    np.savez(out / "ours_weights.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
+    history = np.asarray(result.history)
+    np.save(out / "ours_history.npy", history)
+    blocks = history.reshape(-1, 16).mean(1)
+    print(f"train-ours seed {seed}: loss per 16-step block {[round(float(b), 2) for b in blocks]}; "
+          f"wrote {out / 'ours_weights.npz'}")
 
 
 def _compare_stage(out: Path, sign_steps: int, lr: float) -> dict:
@@ -157,9 +197,10 @@ def _compare_stage(out: Path, sign_steps: int, lr: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("tf", "ours", "compare"))
+    parser.add_argument("stage", choices=("tf", "ours", "compare", "train-ours"))
     parser.add_argument("--out", required=True, help="folder for tf.npz and ours.npz")
-    parser.add_argument("--seed", type=int, default=0, help="tf stage: seed of qsensoropt's preconditioned network")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="tf stage: seed of qsensoropt's preconditioned network; train-ours: our training seed")
     parser.add_argument("--weights", default=None,
                         help="tf stage: an npz whose 'weights' (Keras order) replace the fresh network")
     parser.add_argument("--batches", type=int, default=128, help="independent batches of 256 episodes")
@@ -174,6 +215,9 @@ def main(argv=None) -> int:
         _tf_stage(args.seed, args.batches, out, Path(args.weights) if args.weights else None)
     elif args.stage == "ours":
         _ours_stage(args.batches, out)
+    elif args.stage == "train-ours":
+        out.mkdir(parents=True, exist_ok=True)
+        _train_ours_stage(args.seed, out)
     else:
         _compare_stage(out, args.sign_steps, args.lr)
     return 0

@@ -38,3 +38,15 @@ def test_too_few_batches_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         gc.main(["ours", "--out", str(tmp_path), "--batches", "1"])
     assert info.value.code == 2 and "--batches" in capsys.readouterr().err
+
+
+def test_load_weights_reads_plain_arrays_without_pickle_and_the_tf_stage_format(tmp_path):
+    from qsmgym.experiments.nv_gradient_compare import load_weights
+
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, np.float32)]
+    np.savez(tmp_path / "plain.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
+    got = load_weights(tmp_path / "plain.npz")
+    assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, arrays))
+    np.savez(tmp_path / "tf.npz", weights=np.array(arrays, dtype=object))
+    got = load_weights(tmp_path / "tf.npz")
+    assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, arrays))
