@@ -128,27 +128,37 @@ def test_end_to_end_tiny_budget(tiny_run):
     assert cem["env_steps"] == 2 * 8 * 20 and len(cem["curve"]["env_steps"]) == 2
 
 
-_HANGS = pytest.mark.xfail(
-    run=False,
-    reason="reproducible XLA CPU hang (all threads futex-waiting in block_until_ready): "
-    "python -m qsmgym.experiments.results --out /tmp/x --seeds 2 --budget tiny --tasks time-dependent-noisy "
-    "(jaxlib 0.10.2; open, see docs/results/README.md)",
-)
+# A known XLA CPU runtime hang (jaxlib 0.10.2, docs/results/README.md): the process stops
+# at 0% CPU with every thread in a condition wait and Python in block_until_ready. A
+# time-dependent group took 40-170 s on this 2-core machine (idle or loaded); a run still
+# alive after HANG_S is treated as that hang and started again, at most ATTEMPTS times in all. Any other failure fails at once, and
+# so do ATTEMPTS hangs in a row.
+HANG_S = 600
+ATTEMPTS = 3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "group", [pytest.param(g, marks=_HANGS) if g == "time-dependent-noisy" else g for g in results.TASK_KEYS]
-)
+@pytest.mark.parametrize("group", results.TASK_KEYS)
 def test_every_entry_end_to_end_tiny_budget(group, tmp_path):
     # One process per task group, as the table is made (docs/results/README.md): a single
     # process running every entry has hung inside XLA's CPU runtime (jaxlib 0.10.2).
+    import shutil
     import subprocess
     import sys
+    import warnings
 
     out = tmp_path / group
     cmd = [sys.executable, "-m", "qsmgym.experiments.results", "--out", str(out), "--seeds", "2",
            "--budget", "tiny", "--tasks", group]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    for attempt in range(1, ATTEMPTS + 1):
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S)
+            break
+        except subprocess.TimeoutExpired:
+            warnings.warn(f"{group}: attempt {attempt} still running after {HANG_S} s (the XLA CPU hang); "
+                          f"{'retrying' if attempt < ATTEMPTS else 'giving up'}")
+    else:
+        pytest.fail(f"{group}: {ATTEMPTS} attempts each ran past {HANG_S} s: {' '.join(cmd)}")
     assert done.returncode == 0, done.stderr[-3000:]
     _check_outputs(out, results.select(tasks=[group]), 2)
