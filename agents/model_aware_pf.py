@@ -100,11 +100,6 @@ class ModelAwarePFConfig:
         stop_gradient_input: no gradient from the policy inputs back into the filter.
         stop_gradient_filter: stop the gradient through the filter between steps (greedy).
         checkpoint_every: block length of the keep-the-best-block rule (divides iterations).
-        clip_percentile: AutoClip (Seetharaman et al., arXiv:2007.14469): before Adam, scale
-            the batch gradient down to the ``clip_percentile``-th percentile of the global
-            norms of all batch gradients so far (this one included; the first is never
-            clipped). None (default, qsensoropt's and the spec's setting): no clipping. See
-            ``clip_by_norm_percentile`` for why it is offered here.
         warmup_steps: linear learning-rate warm-up: step i uses min(1, (i + 1)/warmup_steps)
             times InverseSqrtDecay's rate (0: none, qsensoropt's and the spec's setting). Adam's
             first steps move every weight by about the full rate whatever the gradient's
@@ -127,7 +122,6 @@ class ModelAwarePFConfig:
     stop_gradient_filter: bool = False
     checkpoint_every: int = 128
     warmup_steps: int = 0
-    clip_percentile: float | None = None
     hidden: int = 64
     layers: int = 5
     precondition_epochs: int = 12
@@ -159,10 +153,6 @@ class ModelAwarePFConfig:
         if self.precondition_samples % self.precondition_batch:
             raise ValueError(f"precondition_batch must divide precondition_samples, got precondition_batch="
                              f"{self.precondition_batch!r} with precondition_samples={self.precondition_samples!r}")
-        if self.clip_percentile is not None and (
-                isinstance(self.clip_percentile, bool) or not isinstance(self.clip_percentile, (int, float, np.number))
-                or not 0.0 < float(self.clip_percentile) <= 100.0):
-            raise ValueError(f"clip_percentile must be None or in (0, 100], got clip_percentile={self.clip_percentile!r}")
         for name in ("cumulative", "score_function", "stop_gradient_input", "stop_gradient_filter"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {name}={getattr(self, name)!r}")
@@ -427,55 +417,6 @@ def learning_rate_schedule(lr0, warmup_steps: int = 0, dtype=jnp.float32) -> Cal
     return schedule
 
 
-class ClipPercentileState(struct.PyTreeNode):
-    """norms: the global norms seen so far (NaN where not yet filled); count: how many."""
-
-    norms: jnp.ndarray
-    count: jnp.ndarray
-
-
-def clip_by_norm_percentile(percentile: float, history: int) -> optax.GradientTransformation:
-    """AutoClip (Seetharaman, Wichern, Pardo & Le Roux, arXiv:2007.14469): record the global
-    norm of each incoming gradient and scale the gradient down to the ``percentile``-th
-    percentile (linear interpolation) of the norms recorded so far, this one included; a
-    gradient below it passes unchanged. The last ``history`` norms are kept.
-
-    Why: the score-function term makes the batch gradient heavy-tailed. On NV-DC-24 with the
-    NN at the spec's rate, two batches of norm 367 and 559 (typical 20-150) at steps 100-101
-    lifted Adam's per-weight update to 0.76 x the rate and the log loss went from -5.0 to -3.5
-    within three steps, a dip the 256-step run did not leave. Adam's update is almost
-    invariant to a common scale of the gradients, so clipping the typical ones changes little
-    while a spike can no longer dominate the first moment."""
-    if isinstance(percentile, bool) or not 0.0 < float(percentile) <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], got percentile={percentile!r}")
-    if isinstance(history, bool) or not isinstance(history, (int, np.integer)) or history < 1:
-        raise ValueError(f"history must be a positive int, got history={history!r}")
-
-    def init(params):
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        return ClipPercentileState(norms=jnp.full((history,), jnp.nan, dtype), count=jnp.zeros((), jnp.int32))
-
-    def update(updates, state, params=None):
-        del params
-        norm = optax.tree.norm(updates).astype(state.norms.dtype)
-        norms = state.norms.at[state.count % history].set(norm)
-        limit = jnp.nanpercentile(norms, percentile)
-        scale = jnp.where(norm > limit, limit / jnp.where(norm > 0, norm, 1.0), 1.0)
-        updates = jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates)
-        return updates, ClipPercentileState(norms=norms, count=state.count + 1)
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(config: ModelAwarePFConfig, learning_rate, dtype=jnp.float32) -> optax.GradientTransformation:
-    """Adam on ``learning_rate_schedule`` (qsensoropt's), after AutoClip when
-    ``config.clip_percentile`` is set."""
-    adam = optax.adam(learning_rate_schedule(learning_rate, config.warmup_steps, dtype))
-    if config.clip_percentile is None:
-        return adam
-    return optax.chain(clip_by_norm_percentile(float(config.clip_percentile), config.iterations), adam)
-
-
 def make_train(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
                ) -> Callable[[jax.Array, dict], ModelAwarePFResult]:
     """Build ``train(key, hyper) -> ModelAwarePFResult`` (jittable, vmappable over keys and
@@ -501,7 +442,7 @@ def make_train(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: A
             p0, pre_loss = _precondition(setup, k_pre, p0, hyper)
         else:
             pre_loss = jnp.zeros((), setup.dtype)
-        opt = make_optimizer(config, hyper["learning_rate"], setup.dtype)
+        opt = optax.adam(learning_rate_schedule(hyper["learning_rate"], config.warmup_steps, setup.dtype))
 
         def step(carry, k):
             p, s = carry

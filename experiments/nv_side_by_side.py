@@ -51,8 +51,7 @@ def _peak_mb() -> float:
 
 
 def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, baseline: str = "none",
-             learning_rate: float | None = None, warmup_steps: int = 0,
-             clip_percentile: float | None = None) -> dict:
+             learning_rate: float | None = None, warmup_steps: int = 0) -> dict:
     """Train and evaluate one arm in this process; returns the shared JSON record."""
     import jax
 
@@ -63,8 +62,7 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
     params = task.default_params()
     config = mapf.ModelAwarePFConfig(policy=mode, iterations=steps, batch=batch,
                                      checkpoint_every=min(128, steps), dtype="float32",
-                                     baseline=baseline, warmup_steps=warmup_steps,
-                                     clip_percentile=clip_percentile)
+                                     baseline=baseline, warmup_steps=warmup_steps)
     hyper = mapf.default_hyper(mode)
     if learning_rate is not None:
         hyper["learning_rate"] = jax.numpy.asarray(learning_rate)
@@ -88,7 +86,7 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
     return {
         "implementation": "qsm-gym", "mode": mode, "seed": seed, "steps": steps, "batch": batch, "baseline": baseline,
         "learning_rate": float(hyper["learning_rate"]),
-        "warmup_steps": warmup_steps, "clip_percentile": clip_percentile,
+        "warmup_steps": warmup_steps,
         "mse_n": se.mean(0).tolist(), "mse_final": float(se[:, -1].mean()),
         "mse_samples": se[:, -1].tolist(), "median_se": float(np.median(se[:, -1])),
         "compile_s": compile_s, "sec_per_step": (run_s - pre_s) / steps, "run_s": run_s,
@@ -97,12 +95,6 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
         "jax_version": jax.__version__, "loadavg": os.getloadavg(),
         "sw_order": task.resample_config.sw_order,  # where the Ścibior–Wood factor is attached
     }
-
-
-def ours_arm(mode: str, clip_percentile: float | None = None) -> str:
-    """Arm label of our trained arm: "ours nn", or "ours nn clip10" with AutoClip at the 10th
-    percentile (an option qsensoropt does not have, so it gets its own row)."""
-    return f"ours {mode}" + ("" if clip_percentile is None else f" clip{clip_percentile:g}")
 
 
 def run_heuristic(name: str, seed: int, eval_episodes: int) -> dict:
@@ -284,9 +276,6 @@ def main(argv=None) -> int:
                         help="leave qsensoropt at its spec rate when --learning-rate is given")
     parser.add_argument("--warmup-steps", type=int, default=0,
                         help="our agent's linear learning-rate warm-up (spec NV-DC-24 and qsensoropt: 0)")
-    parser.add_argument("--clip-percentile", type=float, default=None,
-                        help="our agent's AutoClip percentile (spec NV-DC-24 and qsensoropt: none); its "
-                             "arm is labelled 'ours MODE clipP' and compared with qsensoropt's MODE")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per qsensoropt run, seconds")
     parser.add_argument("--out-dir", default=None, help="write summary.json (and the raw records) here")
     parser.add_argument("--from-summary", nargs="+", default=None,
@@ -302,13 +291,11 @@ def main(argv=None) -> int:
     for name in ("steps", "batch", "eval_episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.clip_percentile is not None and not 0.0 < args.clip_percentile <= 100.0:
-        parser.error(f"--clip-percentile must be in (0, 100], got {args.clip_percentile}")
 
     if args.worker:  # one arm in this process
         if args.worker in MODES:
             record = run_ours(args.worker, args.seed, args.steps, args.batch, args.eval_episodes, args.baseline,
-                              args.learning_rate, args.warmup_steps, args.clip_percentile)
+                              args.learning_rate, args.warmup_steps)
         else:
             record = run_heuristic(args.worker, args.seed, args.eval_episodes)
         Path(args.out).write_text(json.dumps(record))
@@ -331,9 +318,8 @@ def main(argv=None) -> int:
         records = run_arms(args)
     for path in args.records or []:  # ours carry implementation="qsm-gym"; qsensoropt's do not
         r = json.loads(Path(path).read_text())
-        arm = (ours_arm(r["mode"], r.get("clip_percentile")) if r.get("implementation") == "qsm-gym"
-               else f"qsensoropt {r['mode']}")
-        records.setdefault(arm, []).append(r)
+        side = "ours" if r.get("implementation") == "qsm-gym" else "qsensoropt"
+        records.setdefault(f"{side} {r['mode']}", []).append(r)
     records = {k: records[k] for k in sorted(records, key=_arm_order)}
     report(records, args)
     return 0
@@ -341,9 +327,8 @@ def main(argv=None) -> int:
 
 def _arm_order(name: str) -> tuple:
     side, mode = name.split(" ", 1)
-    mode, _, variant = mode.partition(" ")
     order = HEURISTICS + MODES
-    return (order.index(mode) if mode in order else len(order), side != "ours", variant)
+    return (order.index(mode) if mode in order else len(order), side != "ours")
 
 
 def run_arms(args) -> dict[str, list[dict]]:
@@ -352,8 +337,7 @@ def run_arms(args) -> dict[str, list[dict]]:
     me = [sys.executable, "-m", "qsmgym.experiments.nv_side_by_side"]
     common = ["--steps", str(args.steps), "--batch", str(args.batch), "--eval-episodes", str(args.eval_episodes),
               "--baseline", args.baseline, "--warmup-steps", str(args.warmup_steps)] + ([] if args.learning_rate is None else
-                                              ["--learning-rate", str(args.learning_rate)]) + (
-        [] if args.clip_percentile is None else ["--clip-percentile", str(args.clip_percentile)])
+                                              ["--learning-rate", str(args.learning_rate)])
     print(f"NV-DC-24 side by side: {args.steps} Adam steps at batch {args.batch}, {args.eval_episodes} evaluation "
           f"episodes, seeds {args.seeds}; host {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
     records: dict[str, list[dict]] = {}
@@ -379,8 +363,8 @@ def run_arms(args) -> dict[str, list[dict]]:
             if i < len(ours_seeds):
                 seed = ours_seeds[i]
                 r = _subprocess_json(me + common + ["--worker", mode, "--seed", str(seed)],
-                                     f"{ours_arm(mode, args.clip_percentile)} seed {seed}", None)
-                records.setdefault(ours_arm(mode, args.clip_percentile), []).extend([r] if r else [])
+                                     f"ours {mode} seed {seed}", None)
+                records.setdefault(f"ours {mode}", []).extend([r] if r else [])
             if i < len(their_seeds):
                 seed = their_seeds[i]
                 cmd = [py, str(QSENSOROPT_SCRIPT), "--mode", mode, "--steps", str(args.steps), "--batch",
@@ -399,13 +383,11 @@ def report(records: dict[str, list[dict]], args) -> dict:
     print_table(arms)
     print(f"\nload average at the end: {os.getloadavg()}")
     verdicts = {}
-    for arm in arms:
-        side, mode = arm.split(" ", 1)
-        theirs = arms.get(f"qsensoropt {mode.split(' ')[0]}")
-        if side == "ours" and mode.split(" ")[0] in MODES and theirs:
-            ours = arms[arm]
+    for mode in MODES:
+        ours, theirs = arms.get(f"ours {mode}"), arms.get(f"qsensoropt {mode}")
+        if ours and theirs:
             speedup = theirs["sec_per_step"] / ours["sec_per_step"]
-            cmp = compare_arms(records[arm], records[f"qsensoropt {mode.split(' ')[0]}"])
+            cmp = compare_arms(records[f"ours {mode}"], records[f"qsensoropt {mode}"])
             mse_ok = ours["mse24"] <= theirs["mse24"]
             verdicts[mode] = {"mse24_ratio": cmp["ratio"], "speedup": speedup, "mse_ok": mse_ok,
                               "speed_ok": speedup >= 10, **cmp}

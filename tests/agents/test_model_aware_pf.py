@@ -202,57 +202,6 @@ def test_warmup_schedule_and_training_with_it():
     assert not np.allclose(np.asarray(plain.final_params["v"]), np.asarray(result.final_params["v"]))
 
 
-def test_autoclip_scales_to_the_percentile_of_the_norms_so_far():
-    # AutoClip by hand: norms 3, 4 (g = [3, 4] has norm 5), ...; the limit is numpy's
-    # linear-interpolation percentile of the norms seen so far, this one included
-    clip = mapf.clip_by_norm_percentile(50.0, history=3)
-    grads = [jnp.array([3.0, 0.0]), jnp.array([0.0, 1.0]), jnp.array([3.0, 4.0]), jnp.array([0.0, 2.0]),
-             jnp.array([0.0, 0.5])]
-    state = clip.init(grads[0])
-    seen = []
-    for g in grads:
-        out, state = clip.update({"w": g}, state)
-        norm = float(jnp.linalg.norm(g))
-        seen = (seen + [norm])[-3:]  # the last 3 norms
-        limit = float(np.percentile(seen, 50.0))
-        expect = np.asarray(g) * (limit / norm if norm > limit else 1.0)
-        np.testing.assert_allclose(np.asarray(out["w"]), expect, rtol=1e-12)
-    # the first gradient passes unchanged; a spike is cut to the median: [3,4] -> norm 3
-    assert float(jnp.linalg.norm(clip.update({"w": grads[2]}, clip.init(grads[2]))[0]["w"])) == 5.0
-    for bad in (0.0, 101.0, True):
-        with pytest.raises(ValueError, match="percentile"):
-            mapf.clip_by_norm_percentile(bad, history=3)
-    with pytest.raises(ValueError, match="history"):
-        mapf.clip_by_norm_percentile(10.0, history=0)
-
-
-def test_training_with_autoclip_equals_an_eager_clipped_adam_loop():
-    task = small_task(n_particles=32)
-    params = task.default_params()
-    config = mapf.ModelAwarePFConfig(policy="static", iterations=4, checkpoint_every=4, batch=8, clip_percentile=25.0)
-    hyper = mapf.default_hyper("static")
-    result = jax.jit(mapf.make_train(config, task, params))(jax.random.PRNGKey(4), hyper)
-    init, loss = mapf.make_loss(config, task, params)
-    k_init, k_train = jax.random.split(jax.random.PRNGKey(4))
-    p = init(jax.random.split(k_init)[0])
-    opt = optax.adam(lambda i: 0.1 / jnp.sqrt(i + 1.0))
-    state = opt.init(p)
-    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    norms, clipped = [], 0
-    for k in jax.random.split(k_train, 4):
-        _, g = value_and_grad(p, k)
-        norm = float(optax.tree.norm(g))
-        norms.append(norm)
-        limit = float(np.percentile(norms, 25.0))
-        if norm > limit:
-            clipped += 1
-            g = jax.tree_util.tree_map(lambda x: x * (limit / norm), g)
-        updates, state = opt.update(g, state, p)
-        p = optax.apply_updates(p, updates)
-    assert clipped >= 1  # the check has power: some gradient was cut
-    np.testing.assert_allclose(np.asarray(result.final_params["v"]), np.asarray(p["v"]), rtol=1e-4)
-
-
 def test_preconditioning_fits_the_resource_ramp():
     task = small_task(n_particles=16)
     config = mapf.ModelAwarePFConfig(policy="nn", precondition_samples=4096, precondition_batch=256,
@@ -289,8 +238,6 @@ def test_train_vmaps_over_seeds():
     (dict(iterations=10, checkpoint_every=4), ValueError, "checkpoint_every"),
     (dict(n_steps=0), ValueError, "n_steps"),
     (dict(warmup_steps=-1), ValueError, "warmup_steps"),
-    (dict(clip_percentile=0.0), ValueError, "clip_percentile"),
-    (dict(clip_percentile=150), ValueError, "clip_percentile"),
     (dict(cumulative="yes"), TypeError, "cumulative"),
 ])
 def test_bad_config(kwargs, exc, name):
