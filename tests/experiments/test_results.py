@@ -131,8 +131,8 @@ def test_end_to_end_tiny_budget(tiny_run):
 # A known XLA CPU runtime hang (jaxlib 0.10.2, docs/results/README.md): the process stops
 # at 0% CPU with every thread in a condition wait and Python in block_until_ready. A
 # time-dependent group took 40-170 s on this 2-core machine (idle or loaded); a run still
-# alive after HANG_S is treated as that hang and started again, at most ATTEMPTS times in all. Any other failure fails at once, and
-# so do ATTEMPTS hangs in a row.
+# alive after HANG_S is treated as that hang and started again, at most ATTEMPTS times in all.
+# Any other failure fails at once, and so do ATTEMPTS hangs in a row.
 HANG_S = 600
 ATTEMPTS = 3
 
