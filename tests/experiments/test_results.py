@@ -57,10 +57,23 @@ def _synthetic_result():
             "aggregates": results.aggregates(rows), "command": "python -m qsmgym.experiments.results"}
 
 
+def _tables(md):
+    """Every Markdown table in ``md`` as (header, rows), in order: a table is a run of
+    consecutive lines starting with "|"; its separator line "|---|...|" is dropped."""
+    tables, block = [], []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif block:
+            rows = [r for r in block[1:] if not all(set(c) <= set("-:") for c in r)]
+            tables.append((block[0], rows))
+            block = []
+    return tables
+
+
 def _table_rows(md):
-    lines = [line for line in md.splitlines() if line.startswith("| ")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return header, [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+    """(header, rows) of the first table: the per-task results table."""
+    return _tables(md)[0]
 
 
 def test_markdown_and_aggregates_of_a_synthetic_result():
@@ -74,6 +87,9 @@ def test_markdown_and_aggregates_of_a_synthetic_result():
     assert header == EXPECTED_COLUMNS
     assert rows[0] == ["A", "PPO", "0.500 [0.250, 0.750]", "0.100 [0.000, 0.200]", "3", "12,345", "3.2", "1.5"]
     assert rows[3][:5] == ["B", "exact optimum", "0.900", "0.800", "exact"]
+    (_, (agg_header, agg_rows)) = _tables(md)
+    assert agg_header == ["agent", "tasks", "IQM score [95% CI]", "IQM baseline-normalised [95% CI]"]
+    assert len(agg_rows) == 1 and agg_rows[0][:2] == ["PPO", "2"] and agg_rows[0][2].startswith("0.550 [")
     assert "Hardware: cpu, 2 cores" in md and "`python -m qsmgym.experiments.results`" in md
 
 
@@ -100,8 +116,13 @@ def _check_outputs(out, entries, n_seeds):
             np.testing.assert_allclose(np.asarray(r["returns"]) / r["references"]["physical_limit"], r["scores"],
                                        rtol=1e-12)
     assert data["hardware"] and data["seeds"] == list(range(n_seeds))
-    header, rows = _table_rows((out / "results.md").read_text())
+    tables = _tables((out / "results.md").read_text())
+    header, rows = tables[0]
     assert header == EXPECTED_COLUMNS and len(rows) == len(entries)
+    # a second table (one row per agent run on several tasks) iff there are aggregates
+    assert len(tables) == (2 if data["aggregates"] else 1)
+    if data["aggregates"]:
+        assert [r[0] for r in tables[1][1]] == [a["agent"] for a in data["aggregates"]]
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return data
 
