@@ -58,6 +58,7 @@ import optax
 from flax import struct
 
 from qsmgym.agents.distributions import PolicySpec
+from qsmgym.agents.networks import _dense, orthogonal
 from qsmgym.agents.ppo import _sidecar, read_msgpack_checkpoint, restore_params
 from qsmgym.envs.core import FunctionalEnv
 
@@ -131,9 +132,6 @@ def _check_hyper(hyper: Any) -> dict:
 
 
 # ----------------------------------------------------------------------------------- policy
-def _dense(features: int, scale: float) -> nn.Dense:
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale),
-                    bias_init=nn.initializers.zeros)
 
 
 class DeterministicPolicy(nn.Module):
@@ -159,7 +157,7 @@ class DeterministicPolicy(nn.Module):
         sizes = tuple(self.hidden_sizes)
         if self.network == "lstm":
             x = nn.tanh(_dense(sizes[0], np.sqrt(2.0))(x))
-            carry, x = nn.OptimizedLSTMCell(self.lstm_size)(carry, x)
+            carry, x = nn.OptimizedLSTMCell(self.lstm_size, recurrent_kernel_init=orthogonal())(carry, x)
             sizes = sizes[1:]
         for size in sizes:
             x = nn.tanh(_dense(size, np.sqrt(2.0))(x))

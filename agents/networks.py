@@ -27,9 +27,64 @@ from qsmgym.agents.distributions import PolicySpec
 NETWORKS = ("mlp", "lstm")
 
 
+def householder_q(z: jnp.ndarray) -> jnp.ndarray:
+    """The Q factor of z = QR (z: (..., n, k), n >= k) with diag(R) >= 0, by Householder
+    reflections in plain jax.numpy (no LAPACK call). Batch axes via ``jax.vmap``.
+
+    Why not ``jnp.linalg.qr``: in jaxlib 0.10.2 a batched LAPACK call (geqrf, potrf, ...) on CPU
+    splits its batch over XLA's intra-op thread pool and blocks until the pieces finish. When
+    as many such calls run at once as the pool has threads (2 on a 2-core machine: e.g. the
+    orthogonal initialisers of several layers, vmapped over seeds), every thread waits for work
+    queued behind it and the program never finishes (docs/results/README.md, "the XLA CPU
+    hang"). Later jaxlib releases compile that parallel path out.
+
+    Same matrix as ``jax.random.orthogonal``'s ``qr`` + sign fix up to rounding (the QR with a
+    positive diagonal is unique for full-rank z)."""
+    if z.ndim > 2:
+        return jax.vmap(householder_q)(z)
+    n, k = z.shape
+    if n < k:
+        raise ValueError(f"householder_q needs rows >= columns, got shape {z.shape}")
+    rows = jnp.arange(n)
+
+    def reflect(j, carry):
+        a, vs = carry
+        x = jnp.where(rows >= j, a[:, j], 0.0)
+        norm = jnp.sqrt(jnp.sum(x * x))
+        alpha = -jnp.where(x[j] < 0, -1.0, 1.0).astype(z.dtype) * norm  # R_jj; no cancellation in v
+        v = x - alpha * (rows == j)
+        v_norm = jnp.sqrt(jnp.sum(v * v))
+        v = jnp.where(v_norm > 0, v / jnp.where(v_norm > 0, v_norm, 1.0), 0.0)
+        a = a - 2.0 * jnp.outer(v, v @ a)
+        return a, vs.at[j].set(v)
+
+    r, vs = jax.lax.fori_loop(0, k, reflect, (z, jnp.zeros((k, n), z.dtype)))
+    q = jax.lax.fori_loop(0, k, lambda i, q: q - 2.0 * jnp.outer(vs[k - 1 - i], vs[k - 1 - i] @ q),
+                          jnp.eye(n, k, dtype=z.dtype))
+    sign = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(z.dtype)
+    return q * sign
+
+
+def orthogonal(scale: float = 1.0, column_axis: int = -1):
+    """``jax.nn.initializers.orthogonal`` (same draws, same semantics) with the QR done by
+    ``householder_q`` instead of LAPACK, so that initialising under vmap cannot hit the
+    jaxlib 0.10.2 thread-pool deadlock described there."""
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) < 2:
+            raise ValueError(f"orthogonal initializer needs at least a 2-D shape, got shape={shape}")
+        n_rows, n_cols = int(np.prod(shape)) // shape[column_axis], shape[column_axis]
+        z = jax.random.normal(key, (max(n_rows, n_cols), min(n_rows, n_cols)), dtype)
+        q = householder_q(z)
+        q = q.T if n_rows < n_cols else q
+        q = jnp.reshape(q, tuple(np.delete(shape, column_axis)) + (shape[column_axis],))
+        return jnp.asarray(scale, dtype) * jnp.moveaxis(q, -1, column_axis)
+
+    return init
+
+
 def _dense(features: int, scale: float) -> nn.Dense:
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale),
-                    bias_init=nn.initializers.zeros)
+    return nn.Dense(features, kernel_init=orthogonal(scale), bias_init=nn.initializers.zeros)
 
 
 class _Torso(nn.Module):
@@ -55,7 +110,7 @@ class _ScannedLSTM(nn.Module):
         carry = jax.tree_util.tree_map(
             lambda c: jnp.where(resets[:, None], jnp.zeros_like(c), c), carry
         )
-        return nn.OptimizedLSTMCell(self.features)(carry, x)
+        return nn.OptimizedLSTMCell(self.features, recurrent_kernel_init=orthogonal())(carry, x)
 
 
 class ActorCritic(nn.Module):

@@ -1,8 +1,8 @@
 """`qsm train` + `qsm evaluate` end to end on every registered id (tiny budgets), one process per id.
 
-Each id runs in its own interpreter (``python -c`` calling ``cli.main`` twice): the results
-table found that one process compiling many different programs could hang XLA's CPU runtime,
-and separate processes keep the ids independent. The processes run two at a time (CI has two
+Each id runs in its own interpreter (``python -c`` calling ``cli.main`` twice), so the ids stay
+independent (an XLA CPU deadlock in one, such as the batched-QR one fixed in agents/networks.py,
+cannot take the others with it; docs/results/README.md). The processes run two at a time (CI has two
 cores; XLA compilation, the bulk of a tiny run, is mostly single-threaded). Agents are spread
 so that every agent (PPO, CEM, GRAPE, model-aware) runs at least once while each id stays
 cheap to compile.

@@ -149,11 +149,11 @@ def test_end_to_end_tiny_budget(tiny_run):
     assert cem["env_steps"] == 2 * 8 * 20 and len(cem["curve"]["env_steps"]) == 2
 
 
-# A known XLA CPU runtime hang (jaxlib 0.10.2, docs/results/README.md): the process stops
-# at 0% CPU with every thread in a condition wait and Python in block_until_ready. A
-# time-dependent group took 40-170 s on this 2-core machine (idle or loaded); a run still
-# alive after HANG_S is treated as that hang and started again, at most ATTEMPTS times in all.
-# Any other failure fails at once, and so do ATTEMPTS hangs in a row.
+# The XLA CPU hang (docs/results/README.md): jaxlib 0.10.2's batched LAPACK QR deadlocked the
+# 2-thread pool; fixed by the LAPACK-free orthogonal initialiser (agents/networks.py). The
+# retry stays as a guard for the small LAPACK calls left in physics cores: a run still alive
+# after HANG_S (a group takes 20-170 s here) is started again, at most ATTEMPTS times in all,
+# with a warning each time. Any other failure fails at once, and so do ATTEMPTS hangs in a row.
 HANG_S = 600
 ATTEMPTS = 3
 
@@ -161,8 +161,7 @@ ATTEMPTS = 3
 @pytest.mark.slow
 @pytest.mark.parametrize("group", results.TASK_KEYS)
 def test_every_entry_end_to_end_tiny_budget(group, tmp_path):
-    # One process per task group, as the table is made (docs/results/README.md): a single
-    # process running every entry has hung inside XLA's CPU runtime (jaxlib 0.10.2).
+    # One process per task group, as the table is made (docs/results/README.md).
     import shutil
     import subprocess
     import sys
