@@ -27,8 +27,9 @@ demo: $(STAMP)
 	$(PY) -m qsmgym.experiments.demo --out demo_out
 
 # Two workers (CI has 2 cores); --dist loadfile keeps each file, and its module fixtures, on one worker.
+# --durations=25 lists the slowest tests, to keep the default suite under 20 minutes.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --durations=25
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
