@@ -132,8 +132,6 @@ def _check_hyper(hyper: Any) -> dict:
 
 
 # ----------------------------------------------------------------------------------- policy
-
-
 class DeterministicPolicy(nn.Module):
     """obs -> pre-tanh action z, one step for a batch (float32).
 

@@ -36,7 +36,7 @@ def householder_q(z: jnp.ndarray) -> jnp.ndarray:
     as many such calls run at once as the pool has threads (2 on a 2-core machine: e.g. the
     orthogonal initialisers of several layers, vmapped over seeds), every thread waits for work
     queued behind it and the program never finishes (docs/results/README.md, "the XLA CPU
-    hang"). Later jaxlib releases compile that parallel path out.
+    hang"). Reportedly jax 0.11.2 compiles that parallel path out; this project pins 0.10.2.
 
     Same matrix as ``jax.random.orthogonal``'s ``qr`` + sign fix up to rounding (the QR with a
     positive diagonal is unique for full-rank z)."""
