@@ -16,11 +16,12 @@ kappa_ex / kappa). Units: kappa = 1 in the tasks; nothing here assumes it.
 Two halves:
 
 * JAX (differentiable, jit/vmap): ``generator``, ``expm_taylor``, ``panel_operators``,
-  ``propagate_bin``, ``tail_energy``. A bin with constant Omega is cut into panels of length
-  H; inside a panel the dynamics are integrated EXACTLY (matrix exponentials of augmented
-  matrices), and the target / input mode is the quadratic through its samples at the panel's
-  start, middle and end. So the only discretisation error is the quadratic interpolation of
-  f (local O(H^4) in the overlap), never the dynamics; the emitted energy is exact.
+  ``propagate_bin``, ``tail_energy``, ``solve_small`` (LAPACK-free). A bin with constant Omega
+  is cut into panels of length H; inside a panel the dynamics are integrated EXACTLY (matrix
+  exponentials of augmented matrices), and the target / input mode is the quadratic through
+  its samples at the panel's start, middle and end. So the only discretisation error is the
+  quadratic interpolation of f (local O(H^4) in the overlap), never the dynamics; the emitted
+  energy is exact.
 * NumPy/SciPy (reference, not on the hot path): target shapes with analytic derivatives,
   the made-to-measure (inverted) pulse, the shape-dependent limit eta_max[f] = 1 / sup B,
   and a DOP853 integrator for continuous pulses.
@@ -209,9 +210,34 @@ def tail_energy(x, delta, g, kappa, gamma, kappa_ex) -> jnp.ndarray:
     # vec (column stacking): vec(A0^dag X) = (I kron A0^dag) vec X, vec(X A0) = (A0^T kron I) vec X
     lhs = jnp.kron(eye, jnp.conj(A0.T)) + jnp.kron(A0.T, eye)
     rhs = -jnp.array([0.0, 0.0, 0.0, 1.0], jnp.complex128)
-    X = jnp.linalg.solve(lhs, rhs).reshape(2, 2).T
+    X = solve_small(lhs, rhs).reshape(2, 2).T
     y = x[1:]
     return 2.0 * kappa_ex * jnp.real(jnp.vdot(y, X @ y))
+
+
+def solve_small(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """x = a^-1 b for a small square a (n, n), n static, and b (n,): Gaussian elimination with
+    partial pivoting, unrolled, in plain jax.numpy (differentiable; vmap gives a batched solve).
+
+    Not ``jnp.linalg.solve``: under vmap that is a batched LAPACK getrf, and jaxlib 0.10.2's
+    batched LAPACK kernels can deadlock XLA's CPU thread pool (docs/results/README.md). Same
+    backward stability as LAPACK's getrf + getrs (partial pivoting)."""
+    n = a.shape[-1]
+    if a.shape != (n, n) or b.shape != (n,):
+        raise ValueError(f"solve_small needs a (n, n) and b (n,), got a.shape={a.shape}, b.shape={b.shape}")
+    dtype = jnp.result_type(a, b)
+    m = jnp.concatenate([jnp.asarray(a, dtype), jnp.asarray(b, dtype)[:, None]], axis=1)
+    rows = jnp.arange(n)
+    for k in range(n):
+        piv = k + jnp.argmax(jnp.abs(m[k:, k]))
+        swap = jnp.where(rows == k, piv, jnp.where(rows == piv, k, rows))
+        m = m[swap]
+        factors = jnp.where(rows > k, m[:, k] / m[k, k], 0.0)
+        m = m - factors[:, None] * m[k][None, :]
+    x = jnp.zeros((n,), dtype)
+    for k in reversed(range(n)):
+        x = x.at[k].set((m[k, n] - m[k, k + 1:n] @ x[k + 1:]) / m[k, k])
+    return x
 
 
 # ------------------------------------------------------------------------- NumPy reference
