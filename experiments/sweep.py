@@ -116,6 +116,31 @@ class Interrupted(Exception):
     """SIGINT / SIGTERM arrived: close the running trial and stop."""
 
 
+class _SignalDeferral:
+    """While active, ``main``'s signal handler records SIGINT / SIGTERM instead of raising;
+    leaving the block raises ``Interrupted`` for a recorded one. Used around ``study.ask()``:
+    a signal landing inside it, after the storage had created the trial but before the worker
+    held it, left that trial RUNNING for good (seen once in CI, 2026-11-24)."""
+
+    def __init__(self):
+        self.active = False
+        self.pending: str | None = None
+
+    def __enter__(self):
+        self.active, self.pending = True, None
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+        if self.pending is not None and exc[0] is None:
+            name, self.pending = self.pending, None
+            raise Interrupted(name)
+        return False
+
+
+SIGNALS_DEFERRED = _SignalDeferral()
+
+
 # ----------------------------------------------------------------------------- search space
 def parse_search_space(space: Any, agent: str) -> dict[str, dict]:
     """Validate a search space: ``{name: {"type": "float", "low", "high", "log"?} |
@@ -588,20 +613,26 @@ def work(study, runner: TrialRunner, space: dict, n_trials: int, *, heartbeat: f
         if holders >= n_trials and c.get("WAITING", 0) == 0:
             time.sleep(poll)  # every slot is running elsewhere: stay to retry crashes
             continue
-        trial = study.ask()
-        if _slot_rank(study, trial.number) >= n_trials:  # lost a race for the last slot
-            trial.set_user_attr(REASON_ATTR, "over budget")
-            study.tell(trial, state=TrialState.FAIL)
-            log(f"trial {trial.number} FAIL: over budget (another worker took the last slot)")
-            continue
+        trial = None
         try:
+            # a signal is held until the new trial is this worker's (then raised, and closed below)
+            with SIGNALS_DEFERRED:
+                trial = study.ask()
+                over = _slot_rank(study, trial.number) >= n_trials  # lost a race for the last slot
+                if over:
+                    trial.set_user_attr(REASON_ATTR, "over budget")
+                    study.tell(trial, state=TrialState.FAIL)
+            if over:
+                log(f"trial {trial.number} FAIL: over budget (another worker took the last slot)")
+                continue
             run_trial(study, trial, runner, space, heartbeat, log)
         except optuna.exceptions.UpdateFinishedTrialError:
             # another worker failed this trial while it ran (heartbeat late, e.g. a stalled
             # node); its retry is queued, so this worker just goes on
             log(f"trial {trial.number} was failed by another worker while running; its retry is queued")
         except (Interrupted, KeyboardInterrupt):
-            _close_interrupted(study, trial, max_retry, log)
+            if trial is not None:
+                _close_interrupted(study, trial, max_retry, log)
             raise
 
 
@@ -776,6 +807,9 @@ def main(argv=None) -> int:
         print(f"[{worker}] {msg}", flush=True)
 
     def on_signal(signum, frame):
+        if SIGNALS_DEFERRED.active:
+            SIGNALS_DEFERRED.pending = signal.Signals(signum).name
+            return
         raise Interrupted(signal.Signals(signum).name)
 
     # explicit handlers: a worker started in the background may inherit SIGINT ignored

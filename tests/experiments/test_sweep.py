@@ -143,6 +143,29 @@ def test_sigkilled_worker_trial_fails_after_grace_and_restarted_worker_retries_i
     assert retry.number > victim.number
 
 
+def test_signal_inside_ask_closes_the_new_trial(tmp_path, monkeypatch):
+    # Deterministic version of a CI flake (2026-11-24): SIGINT landing inside study.ask(),
+    # after the storage created the trial but before the worker held it, left the trial
+    # RUNNING. The signal is now held for the ask and raised once the worker holds the trial.
+    real_ask = optuna.Study.ask
+
+    def ask_then_signal(self, *a, **k):
+        trial = real_ask(self, *a, **k)
+        signal.raise_signal(signal.SIGINT)  # handler runs here, inside the worker's ask
+        return trial
+
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_signal)
+    out = tmp_path / "out"
+    assert sweep.main(BASE + ["--n-trials", "2", "--study", "ask", "--out", str(out)]) == 130
+    study = _load(f"sqlite:///{out / 'sweep.db'}", "ask", tmp_path)
+    states = [t.state for t in study.trials]
+    assert TrialState.RUNNING not in states
+    (failed,) = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed.user_attrs[sweep.REASON_ATTR] == "interrupted"
+    assert [t.state for t in study.trials if t.number != failed.number] == [TrialState.WAITING]  # its retry
+    assert not sweep.SIGNALS_DEFERRED.active
+
+
 def test_interrupted_sweep_resumes_same_study(tmp_path, worker_env):
     out = tmp_path / "out"
     args = BASE + ["--n-trials", "4", "--study", "resume", "--out", str(out)]  # default: sqlite in out
