@@ -316,7 +316,7 @@ class BayesianMagnetometry(FunctionalEnv):
         pf = init_uniform(k_pf, self.n_particles, low, high)
         state = MagnetometryState(
             theta=theta, pf=pf, time=jnp.zeros((), jnp.int32), resources=jnp.zeros(()),
-            variance=jnp.asarray(PRIOR_VARIANCE), done=jnp.zeros((), bool),
+            variance=jnp.asarray(PRIOR_VARIANCE, jnp.float64), done=jnp.zeros((), bool),
         )
         return self._obs(state, params), state
 
