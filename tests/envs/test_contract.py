@@ -64,14 +64,18 @@ def test_make_from_module_string_in_fresh_process(env_id):
 
 def _core_rollout(task, seed, actions):
     params = task.default_params()
+    # jitted as the shell and the vector env are (op-by-op dispatch of a whole step took ~5 s
+    # per call to compile on the time-dependent task)
+    reset = jax.jit(lambda k: task.reset(k, params))
+    step = jax.jit(lambda k, s, a: task.step(k, s, a, params))
     key = jax.random.PRNGKey(seed)
     key, sub = jax.random.split(key)
-    obs, state = task.reset(sub, params)
+    obs, state = reset(sub)
     out = [np.asarray(obs)]
     rewards = []
     for a in actions:
         key, sub = jax.random.split(key)
-        obs, state, r, term, trunc, _ = task.step(sub, state, jnp.asarray(a), params)
+        obs, state, r, term, trunc, _ = step(sub, state, jnp.asarray(a))
         out.append(np.asarray(obs))
         rewards.append(float(r))
     return np.stack(out), np.array(rewards)
@@ -182,3 +186,28 @@ def test_sb3_ppo_learn_runs():
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)
     env.step(action)
+
+
+def test_shells_with_the_same_id_and_kwargs_share_one_compiled_step():
+    kwargs = {"n_measurements": 6, "n_particles": 64}
+    a = gym.make("qsm/BayesianMagnetometry-v0", **kwargs).unwrapped
+    b = gym.make("qsm/BayesianMagnetometry-v0", **kwargs).unwrapped
+    c = gym.make("qsm/BayesianMagnetometry-v0", n_measurements=7, n_particles=64).unwrapped
+    assert a.task is b.task and a._jit_step is b._jit_step
+    assert c.task is not a.task and c.task.n_measurements == 7
+    trajectories = []
+    for env in (a, b):
+        obs, _ = env.reset(seed=3)
+        steps = [env.step(np.array([0.2], np.float32))[:2] for _ in range(3)]
+        trajectories.append((obs, steps))
+    # one trace and one executable for both shells; their own key chains and states
+    assert a._jit_step._cache_size() == 1
+    np.testing.assert_array_equal(trajectories[0][0], trajectories[1][0])
+    for (o1, r1), (o2, r2) in zip(trajectories[0][1], trajectories[1][1]):
+        np.testing.assert_array_equal(o1, o2)
+        assert r1 == r2
+    # a directly passed task is not shared
+    from qsmgym.envs.shell import GymnasiumEnv
+
+    d = GymnasiumEnv(task=a.task)
+    assert d._jit_step is not a._jit_step
