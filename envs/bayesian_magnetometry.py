@@ -23,6 +23,7 @@ from qsmgym.agents.particle_filter import (
     mean_cov,
 )
 from qsmgym.envs.core import FunctionalEnv
+from qsmgym.physics import trig
 from qsmgym.envs.kicked_top import _check_choice, _check_positive_int, _check_real
 
 BUDGETS = ("measurements", "time")
@@ -67,8 +68,9 @@ class MagnetometryState:
 
 
 def ramsey_probability(y, omega, tau, phase, inv_t2):
-    """p(y | omega, tau) = [1 + y exp(-tau/T2) cos(omega tau + phase)] / 2, y = +-1."""
-    return 0.5 * (1.0 + y * jnp.exp(-tau * inv_t2) * jnp.cos(omega * tau + phase))
+    """p(y | omega, tau) = [1 + y exp(-tau/T2) cos(omega tau + phase)] / 2, y = +-1. In float32
+    (the model-aware trainer's filter) the cos is physics/trig.cos's vectorised polynomial."""
+    return 0.5 * (1.0 + y * jnp.exp(-tau * inv_t2) * trig.cos(omega * tau + phase))
 
 
 def fisher_information(omega, tau, inv_t2):
