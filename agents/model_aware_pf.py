@@ -43,8 +43,8 @@ lowest mean training loss are returned (qsensoropt's ``train(load_best=True)``).
     from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
     task = BayesianMagnetometry(); params = task.default_params()
     config = mapf.ModelAwarePFConfig(policy="static", iterations=256, batch=256)
-    result = jax.jit(mapf.make_train(config, task, params))(jax.random.PRNGKey(0),
-                                                            mapf.default_hyper("static"))
+    result = jax.jit(mapf.make_train(config, task, params), compiler_options=mapf.compiler_options())(
+        jax.random.PRNGKey(0), mapf.default_hyper("static"))
     curves = mapf.evaluate(config, task, params, result.policy_params, jax.random.PRNGKey(1), 16384)
     curves["se"].mean(0)   # MSE(n), n = 1..N
 
@@ -75,6 +75,7 @@ from qsmgym.agents.particle_filter import (
     init_uniform,
     maybe_resample,
     mean_cov,
+    weighted_sum,
 )
 from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry, nrm, ramsey_probability
 
@@ -293,7 +294,7 @@ class _Setup:
             resources = resources + jnp.where(allowed, tau if time_budget else 1.0, 0.0)
             if time_budget:
                 done = done | ~allowed | (params.total_time - resources < 1.0)
-            mu = pf.weights @ pf.particles[:, 0]
+            mu = weighted_sum(pf.weights, pf.particles[:, 0])
             out = {"se": (mu - theta[0]) ** 2, "score": score, "tau": tau, "phase": phase,
                    "active": allowed.astype(dtype)}
             return (pf, resources, done, score), out
@@ -343,6 +344,20 @@ def features(task: BayesianMagnetometry, params, pf: ParticleFilter, step, resou
         jnp.stack([nrm(jnp.asarray(step, dtype), 0.0, task.horizon), nrm(resources, 0.0, budget)]).astype(dtype),
     ])
     return jnp.clip(feats, -1.0, 1.0)
+
+
+def compiler_options() -> dict[str, str] | None:
+    """XLA options to jit this module's programs with: ``jax.jit(train,
+    compiler_options=compiler_options())`` (``evaluate`` and the NV-DC-24 benchmark do).
+
+    On CPU: YNNPACK fusions for dot products only, not for reductions. jaxlib 0.10.2's CPU
+    back end turned the filter's batched row sums (256 filters x 480 particles) into YNNPACK
+    reduce fusions that ran several times slower than XLA's own loops: with them the NV-DC-24
+    value-and-gradient step took 0.46-0.49 s here, without them 0.31-0.36 s (session 17, same
+    code, same machine). Other back ends: None (the option is CPU-only)."""
+    if jax.default_backend() != "cpu":
+        return None
+    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
 def make_loss(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
@@ -486,5 +501,5 @@ def evaluate(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
 
         return jax.lax.map(jax.vmap(one), ids)
 
-    out = jax.jit(run)(policy_params, ids)
+    out = jax.jit(run, compiler_options=compiler_options())(policy_params, ids)
     return {k: np.asarray(v).reshape(n_episodes, -1) for k, v in out.items()}

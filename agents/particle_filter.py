@@ -104,11 +104,20 @@ def bayes_update(pf: ParticleFilter, y, control, likelihood: Callable) -> Partic
     return pf.replace(weights=w)
 
 
+def weighted_sum(w: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    """sum_j w_j x_j over the leading (particle) axis, as a multiply and a reduction rather than
+    a dot product: under vmap a dot becomes a batch of (1 x N) . (N x d) products, which XLA's
+    CPU back end ran ~20x slower than the fused reduction (1.7 ms against ~0.1 ms per filter
+    step at 256 x 480 in float32, session 17's profile of the NV-DC-24 training step)."""
+    w = w.reshape(w.shape + (1,) * (x.ndim - 1))
+    return jnp.sum(w * x, axis=0)
+
+
 def mean_cov(pf: ParticleFilter) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Posterior mean (d,) and covariance (d, d) of the weighted ensemble."""
-    mu = pf.weights @ pf.particles
+    mu = weighted_sum(pf.weights, pf.particles)
     dev = pf.particles - mu
-    return mu, (pf.weights[:, None] * dev).T @ dev
+    return mu, weighted_sum(pf.weights, dev[:, :, None] * dev[:, None, :])
 
 
 def effective_sample_size(pf: ParticleFilter) -> jnp.ndarray:
@@ -133,9 +142,19 @@ def _draw_indices(key: jax.Array, probs: jnp.ndarray, n: int) -> jnp.ndarray:
     """n indices ~ Categorical(probs) by inverse-CDF sampling, no gradient (the gumbel-max
     alternative costs O(N^2) per filter). The search is ``_search_right``: the same indices
     as ``jnp.searchsorted(cdf, u, side="right")``, ~4x faster on CPU under vmap."""
-    cdf = jnp.cumsum(jax.lax.stop_gradient(probs))
-    u = jax.random.uniform(key, (n,), cdf.dtype) * cdf[-1]
-    return jnp.clip(_search_right(cdf, u), 0, probs.shape[0] - 1)
+    return _indices_from(jax.random.uniform(key, (n,), probs.dtype), probs)
+
+
+def _indices_from(u: jnp.ndarray, probs: jnp.ndarray) -> jnp.ndarray:
+    """Inverse-CDF indices of uniforms u in [0, 1) under probs (unnormalised), no gradient."""
+    cdf = _cumsum(jax.lax.stop_gradient(probs))
+    return jnp.clip(_search_right(cdf, u * cdf[-1]), 0, probs.shape[0] - 1)
+
+
+def _cumsum(x: jnp.ndarray) -> jnp.ndarray:
+    """Prefix sums by a log-depth associative scan: XLA's CPU lowering of ``jnp.cumsum`` is a
+    reduce-window, O(N^2) adds (835 us against 347 us for 256 x 480 in float32)."""
+    return jax.lax.associative_scan(jnp.add, x)
 
 
 def _search_right(cdf: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
@@ -160,12 +179,12 @@ def _check_config(config: ResampleConfig) -> None:
         raise ValueError(f"sw_order must be one of {SW_ORDERS}, got sw_order={config.sw_order!r}")
 
 
-def _soft_draw(key_idx: jax.Array, w: jnp.ndarray, config: ResampleConfig):
-    """The soft draw of one filter: indices ~ q = alpha w + (1 - alpha)/N, the normalised
-    importance weights w_i / q_i, the drawn q_i and whether the draw is valid."""
+def _soft_draw(u: jnp.ndarray, w: jnp.ndarray, config: ResampleConfig):
+    """The soft draw of one filter from uniforms u (N,): indices ~ q = alpha w + (1 - alpha)/N,
+    the normalised importance weights w_i / q_i, the drawn q_i and whether the draw is valid."""
     n = w.shape[0]
     q = config.alpha * w + (1.0 - config.alpha) / n
-    idx = _draw_indices(key_idx, q, n)
+    idx = _indices_from(u, q)
     w_i = w[idx]
     q_i = config.alpha * w_i + (1.0 - config.alpha) / n  # = q[idx] bit for bit, one gather less
     if config.scibior_wood and config.sw_order == "normalised":
@@ -195,7 +214,8 @@ def _finish(key_jit: jax.Array, pf: ParticleFilter, low, high, config: ResampleC
     theta = pf.particles[idx]
     scale = (1.0 - config.beta**2) if config.jitter == "coded" else jnp.sqrt(1.0 - config.beta**2)
     z = jax.random.normal(key_jit, (n, d), theta.dtype)
-    delta = scale * z @ _sqrtm_psd(cov).T
+    root = _sqrtm_psd(cov)
+    delta = scale * jnp.sum(z[:, None, :] * root[None, :, :], axis=-1)  # z @ root.T, without a batched dot
     theta = config.beta * theta + (1.0 - config.beta) * mu + delta
     theta = jnp.clip(theta, jnp.asarray(low, theta.dtype), jnp.asarray(high, theta.dtype))
     return ParticleFilter(particles=theta, weights=new_w)
@@ -204,12 +224,16 @@ def _finish(key_jit: jax.Array, pf: ParticleFilter, low, high, config: ResampleC
 def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.ndarray,
              config: ResampleConfig = ResampleConfig()) -> ParticleFilter:
     """Soft resampling + Ścibior–Wood + Liu–West move + clip to [low, high] (always applied;
-    see ``maybe_resample`` for the N_eff test). Keys: one for the indices, one for the
-    fallback draw, one for the jitter."""
+    see ``maybe_resample`` for the N_eff test). Keys (split in 3): the first for the indices'
+    uniforms (the soft draw's, and the fallback's if it is needed), the third for the jitter."""
     _check_config(config)
-    key_idx, key_hard, key_jit = jax.random.split(key, 3)
-    idx, new_w, q_i, valid = _soft_draw(key_idx, pf.weights, config)
-    idx_hard = _draw_indices(key_hard, pf.weights, pf.weights.shape[0])
+    key_idx, _, key_jit = jax.random.split(key, 3)
+    n = pf.weights.shape[0]
+    u = jax.random.uniform(key_idx, (n,), pf.weights.dtype)
+    idx, new_w, q_i, valid = _soft_draw(u, pf.weights, config)
+    # the fallback reuses the soft draw's uniforms: it replaces that draw, never joins it, so
+    # its indices are still Categorical(w), with 480 fewer random numbers a filter step
+    idx_hard = _indices_from(u, pf.weights)
     return _finish(key_jit, pf, low, high, config, idx, new_w, q_i, valid, idx_hard)
 
 

@@ -68,14 +68,15 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
         hyper["learning_rate"] = jax.numpy.asarray(learning_rate)
     key = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
-    train = jax.jit(mapf.make_train(config, task, params)).lower(key, hyper).compile()
+    train = jax.jit(mapf.make_train(config, task, params), compiler_options=mapf.compiler_options()).lower(key, hyper).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = jax.block_until_ready(train(key, hyper))
     run_s = time.perf_counter() - t0
     pre_s = 0.0
     if mode == "nn":  # time the preconditioning fit alone (compiled first) and leave it out
-        pre = jax.jit(lambda k: mapf.precondition(config, task, params, k, hyper)).lower(key).compile()
+        pre = jax.jit(lambda k: mapf.precondition(config, task, params, k, hyper),
+                      compiler_options=mapf.compiler_options()).lower(key).compile()
         t0 = time.perf_counter()
         jax.block_until_ready(pre(key))
         pre_s = time.perf_counter() - t0
