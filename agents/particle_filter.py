@@ -107,8 +107,10 @@ def bayes_update(pf: ParticleFilter, y, control, likelihood: Callable) -> Partic
 def weighted_sum(w: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
     """sum_j w_j x_j over the leading (particle) axis, as a multiply and a reduction rather than
     a dot product: under vmap a dot becomes a batch of (1 x N) . (N x d) products, which XLA's
-    CPU back end ran ~20x slower than the fused reduction (1.7 ms against ~0.1 ms per filter
-    step at 256 x 480 in float32, session 17's profile of the NV-DC-24 training step)."""
+    CPU back end ran slowly (1.7 ms a measurement for the posterior mean at 256 filters x 480
+    particles in float32, session 17's profile of the NV-DC-24 training step). The reduction
+    is a fused loop, fast when YNNPACK's reduce fusions are off (see
+    ``model_aware_pf.compiler_options``); with them on it was no faster than the dot."""
     w = w.reshape(w.shape + (1,) * (x.ndim - 1))
     return jnp.sum(w * x, axis=0)
 
