@@ -102,7 +102,7 @@ def train_sb3_ppo(env_id: str, env_kwargs: dict | None = None, total_timesteps: 
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
     env_kwargs = dict(env_kwargs or {})
-    model = PPO("MlpPolicy", gym.make(env_id, **env_kwargs), device="cpu", seed=seed, verbose=0, **ppo_kwargs)
+    model = _quiet(PPO("MlpPolicy", gym.make(env_id, **env_kwargs), device="cpu", seed=seed, verbose=0, **ppo_kwargs))
     with torch_threads(threads):
         start = time.perf_counter()
         model.learn(total_timesteps=int(total_timesteps))
@@ -115,6 +115,17 @@ def train_sb3_ppo(env_id: str, env_kwargs: dict | None = None, total_timesteps: 
     return {"model": model, "wall_time_s": wall, "timesteps": int(model.num_timesteps), "eval": evaluation}
 
 
+def _quiet(model):
+    """SB3's default logger makes an empty ``SB3-<time>`` folder in the temp dir at every
+    ``learn()``, verbose=0 included; a Logger with no outputs writes nothing. Left alone when
+    the caller asked for TensorBoard logs."""
+    from stable_baselines3.common.logger import Logger
+
+    if model.tensorboard_log is None:
+        model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
 def _sb3_steps_per_s(env_id: str, env_kwargs: dict, seconds: float, seed: int, sb3_kwargs: dict,
                      threads: int | None) -> dict:
     with torch_threads(threads):
@@ -124,7 +135,7 @@ def _sb3_steps_per_s(env_id: str, env_kwargs: dict, seconds: float, seed: int, s
 def _sb3_steps_per_s_inner(env_id: str, env_kwargs: dict, seconds: float, seed: int, sb3_kwargs: dict) -> dict:
     from stable_baselines3 import PPO
 
-    model = PPO("MlpPolicy", gym.make(env_id, **env_kwargs), device="cpu", seed=seed, verbose=0, **sb3_kwargs)
+    model = _quiet(PPO("MlpPolicy", gym.make(env_id, **env_kwargs), device="cpu", seed=seed, verbose=0, **sb3_kwargs))
     n_steps = model.n_steps * model.n_envs
     start = time.perf_counter()
     model.learn(total_timesteps=n_steps)  # warm-up: one rollout and one update (also the rate probe)

@@ -19,7 +19,10 @@ from qsmgym.agents.sb3_baseline import ppo_throughput, train_sb3_ppo  # noqa: E4
         ("qsm/KickedTopSensor-v0", {"j": 1, "n_periods": 5}, 5),
     ],
 )
-def test_tiny_sb3_run_completes_and_evaluates(env_id, env_kwargs, horizon):
+def test_tiny_sb3_run_completes_and_evaluates(env_id, env_kwargs, horizon, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3's default logger writes
     out = train_sb3_ppo(env_id, env_kwargs, total_timesteps=256, seed=0, eval_episodes=3,
                         n_steps=128, batch_size=64, n_epochs=2)
     assert out["timesteps"] == 256  # two rollouts of n_steps=128
@@ -28,6 +31,8 @@ def test_tiny_sb3_run_completes_and_evaluates(env_id, env_kwargs, horizon):
     assert len(ev["episode_returns"]) == 3 and ev["episode_lengths"] == [horizon] * 3
     assert np.all(np.isfinite(ev["episode_returns"]))
     assert math.isclose(ev["mean_return"], float(np.mean(ev["episode_returns"])))
+    # no empty SB3-<time> logger folder left behind (torch may put its own cache here)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("SB3-")] == []
 
 
 def test_train_sb3_ppo_rejects_bad_budget():
