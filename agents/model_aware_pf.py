@@ -83,6 +83,7 @@ POLICIES = ("nn", "static")
 LOSSES = ("log", "plain")
 BASELINES = ("none", "batch_mean")
 DTYPES = ("float32", "float64")
+_EPISODES = "episodes"  # the vmapped batch axis of episodes (the filters' fallback draw uses it)
 
 
 @dataclass(frozen=True)
@@ -262,8 +263,10 @@ class _Setup:
 
     # ------------------------------------------------------------------ one episode
     def episode(self, policy_params, key) -> dict[str, jnp.ndarray]:
-        """One simulated episode. Returns per-step arrays (n_steps,): "se", "score" (running
-        sum S of log p(y | omega, tau), gradient attached), "tau", "phase", "active"."""
+        """One simulated episode, to be called under ``jax.vmap(..., axis_name=_EPISODES)`` (the
+        filters' fallback draw branches on the whole batch). Returns per-step arrays (n_steps,):
+        "se", "score" (running sum S of log p(y | omega, tau), gradient attached), "tau",
+        "phase", "active"."""
         task, params, dtype, config = self.task, self.params, self.dtype, self.config
         k_theta, k_pf, k_run = jax.random.split(key, 3)
         low, high = (jnp.asarray(b, dtype) for b in task.prior_box(params))
@@ -287,7 +290,7 @@ class _Setup:
             y = jnp.where(jax.random.uniform(k_y, (), dtype) < jax.lax.stop_gradient(p_plus), 1.0, -1.0).astype(dtype)
             allowed = ~done & (resources + tau <= params.total_time) if time_budget else ~done
             new = bayes_update(pf, y, (tau, phase), lik)
-            new, _ = maybe_resample(k_rs, new, low, high, task.resample_config)
+            new, _ = maybe_resample(k_rs, new, low, high, task.resample_config, axis_name=_EPISODES)
             pf = jax.tree_util.tree_map(lambda a, b: jnp.where(allowed, a, b), new, pf)
             log_p = jnp.log(jnp.maximum(ramsey_probability(y, theta[0], tau, phase, rate), jnp.finfo(dtype).tiny))
             score = score + jnp.where(allowed, log_p, 0.0)
@@ -309,7 +312,7 @@ class _Setup:
         """Surrogate over ``config.batch`` episodes (its gradient is the estimator); aux
         "loss": the value reported (log mean SE averaged over steps for log + cumulative)."""
         config = self.config
-        out = jax.vmap(lambda k: self.episode(policy_params, k))(jax.random.split(key, config.batch))
+        out = jax.vmap(lambda k: self.episode(policy_params, k), axis_name=_EPISODES)(jax.random.split(key, config.batch))
         se, score = out["se"], out["score"]  # (B, T)
         if config.score_function:
             base = jnp.mean(se, axis=0, keepdims=True) if config.baseline == "batch_mean" else 0.0
@@ -499,7 +502,7 @@ def evaluate(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
             out = setup.episode(policy_params, jax.random.fold_in(key, i))
             return {k: out[k] for k in ("se", "tau", "phase", "active")}
 
-        return jax.lax.map(jax.vmap(one), ids)
+        return jax.lax.map(jax.vmap(one, axis_name=_EPISODES), ids)
 
     out = jax.jit(run, compiler_options=compiler_options())(policy_params, ids)
     return {k: np.asarray(v).reshape(n_episodes, -1) for k, v in out.items()}

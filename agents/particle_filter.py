@@ -224,10 +224,12 @@ def _finish(key_jit: jax.Array, pf: ParticleFilter, low, high, config: ResampleC
 
 
 def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.ndarray,
-             config: ResampleConfig = ResampleConfig()) -> ParticleFilter:
+             config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None) -> ParticleFilter:
     """Soft resampling + Ścibior–Wood + Liu–West move + clip to [low, high] (always applied;
     see ``maybe_resample`` for the N_eff test). Keys (split in 3): the first for the indices'
-    uniforms (the soft draw's, and the fallback's if it is needed), the third for the jitter."""
+    uniforms (the soft draw's, and the fallback's if it is needed), the third for the jitter.
+    ``axis_name``: the name of an enclosing ``jax.vmap`` over filters; with it the fallback's
+    search runs only when some filter of that batch drew invalid weights (same results)."""
     _check_config(config)
     key_idx, _, key_jit = jax.random.split(key, 3)
     n = pf.weights.shape[0]
@@ -235,18 +237,25 @@ def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.nda
     idx, new_w, q_i, valid = _soft_draw(u, pf.weights, config)
     # the fallback reuses the soft draw's uniforms: it replaces that draw, never joins it, so
     # its indices are still Categorical(w), with 480 fewer random numbers a filter step
-    idx_hard = _indices_from(u, pf.weights)
+    if axis_name is None:
+        idx_hard = _indices_from(u, pf.weights)
+    else:
+        # under vmap(axis_name=...): search for the fallback only when some filter of the
+        # batch needs it (a real branch: the predicate is the same for the whole batch)
+        any_invalid = jax.lax.psum((~valid).astype(jnp.int32), axis_name) > 0
+        idx_hard = jax.lax.cond(any_invalid, lambda: _indices_from(u, pf.weights), lambda: idx)
     return _finish(key_jit, pf, low, high, config, idx, new_w, q_i, valid, idx_hard)
 
 
 def maybe_resample(key: jax.Array, pf: ParticleFilter, low, high,
-                   config: ResampleConfig = ResampleConfig()) -> tuple[ParticleFilter, jnp.ndarray]:
+                   config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None
+                   ) -> tuple[ParticleFilter, jnp.ndarray]:
     """Resample iff N_eff < threshold * N (per filter: under vmap this is qsensoropt's partial
-    resampling). Returns (filter, resampled flag)."""
+    resampling). Returns (filter, resampled flag). ``axis_name``: see ``resample``."""
     if not config.enabled:
         return pf, jnp.zeros((), bool)
     n = pf.weights.shape[0]
     need = effective_sample_size(pf) < config.threshold * n
-    new = resample(key, pf, low, high, config)
+    new = resample(key, pf, low, high, config, axis_name=axis_name)
     out = jax.tree_util.tree_map(lambda a, b: jnp.where(need, a, b), new, pf)
     return out, need

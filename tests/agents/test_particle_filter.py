@@ -167,6 +167,30 @@ def test_invalid_weights_fall_back_to_hard_resampling():
     np.testing.assert_allclose(np.asarray(out.weights), 1 / 50)
 
 
+def test_batch_level_fallback_branch_equals_the_per_filter_draw():
+    # resample(axis_name=...) under vmap searches for the fallback only when some filter of the
+    # batch needs it; it must give bit for bit what the always-computed fallback gives.
+    # alpha = 0 (q uniform), 4 particles, one-hot w: a filter's soft draw misses the live
+    # particle (all drawn w_i = 0, invalid) with probability (3/4)^4 = 0.32.
+    config = ResampleConfig(alpha=0.0)
+    keys = jax.random.split(jax.random.PRNGKey(7), 16)
+    one_hot = init_uniform(jax.random.PRNGKey(0), 4, LOW, HIGH)
+    one_hot = one_hot.replace(weights=jnp.array([0.0, 1.0, 0.0, 0.0]))
+    spread = init_uniform(jax.random.PRNGKey(0), 4, LOW, HIGH)
+    for pf, expect_invalid in ((one_hot, True), (spread, False)):  # some invalid / all valid
+        plain = jax.jit(jax.vmap(lambda k: resample(k, pf, LOW, HIGH, config)))(keys)
+        named = jax.jit(jax.vmap(lambda k: resample(k, pf, LOW, HIGH, config, axis_name="b"), axis_name="b"))(keys)
+        np.testing.assert_array_equal(np.asarray(named.particles), np.asarray(plain.particles))
+        np.testing.assert_array_equal(np.asarray(named.weights), np.asarray(plain.weights))
+        if expect_invalid:
+            # the fallback's weights are uniform, a valid soft draw's are not (one-hot w, q uniform)
+            fell_back = np.all(np.asarray(plain.weights) == 0.25, axis=1)
+            assert fell_back.any() and not fell_back.all()  # both kinds in the batch
+            # a fallback drew the live particle only (and its zero covariance adds no jitter)
+            drawn = np.asarray(plain.particles)[fell_back]
+            np.testing.assert_array_equal(drawn, np.broadcast_to(np.asarray(one_hot.particles)[1], drawn.shape))
+
+
 def test_outlier_observation_is_ignored():
     pf = init_uniform(jax.random.PRNGKey(0), 10, LOW, HIGH)
     out = bayes_update(pf, 1.0, 1.0, lambda y, th, c: jnp.zeros(th.shape[0]))
