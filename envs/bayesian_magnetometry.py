@@ -23,8 +23,8 @@ from qsmgym.agents.particle_filter import (
     mean_cov,
 )
 from qsmgym.envs.core import FunctionalEnv
-from qsmgym.physics import trig
 from qsmgym.envs.kicked_top import _check_choice, _check_positive_int, _check_real
+from qsmgym.physics import trig
 
 BUDGETS = ("measurements", "time")
 REWARDS = ("posterior_variance", "se_terminal", "se_cumulative")

@@ -128,6 +128,11 @@ def _key_chain(key):
 
 KEY_BLOCK = 64
 
+def _jitted(task: FunctionalEnv) -> tuple[Any, Any]:
+    """The shell's jitted reset(sub, params, cache) and packed step (``_step_fn``)."""
+    return jax.jit(lambda sub, params, cache: task.reset(sub, params, cache=cache)), jax.jit(_step_fn(task))
+
+
 # (env_id, kwargs) -> (task, jitted reset, jitted step), shared by the shells made with them
 _SHARED: OrderedDict = OrderedDict()
 _SHARED_MAX = 16
@@ -150,7 +155,7 @@ def _shared_core(env_id: str, kwargs: dict) -> tuple[FunctionalEnv, Any, Any]:
         _SHARED.move_to_end(key)
         return _SHARED[key]
     task = make_task(env_id, **kwargs)
-    core = (task, jax.jit(lambda sub, params, cache: task.reset(sub, params, cache=cache)), jax.jit(_step_fn(task)))
+    core = (task, *_jitted(task))
     if key is not None:
         _SHARED[key] = core
         while len(_SHARED) > _SHARED_MAX:
@@ -188,8 +193,7 @@ class GymnasiumEnv(gym.Env):
         elif kwargs:
             raise ValueError(f"pass kwargs to the task, not the shell, got {sorted(kwargs)}")
         else:
-            jit_reset = jax.jit(lambda sub, params, cache: task.reset(sub, params, cache=cache))
-            jit_step = jax.jit(_step_fn(task))
+            jit_reset, jit_step = _jitted(task)
         self.task = task
         self.params = task.default_params()
         self.cache = task.precompute(self.params)

@@ -147,6 +147,7 @@ def test_jit_and_vmap_reset_step(env_id, kwargs):
     o3, *_ = jax.jit(jax.vmap(lambda k, s, a: task.step_autoreset(k, s, a, params)))(keys, states2, actions)
     assert o3.shape == obs2.shape
 
+
 def _avals(tree):
     return jax.tree_util.tree_map(lambda x: (x.shape, str(x.dtype), bool(x.weak_type)), tree)
 
@@ -164,7 +165,6 @@ def test_step_keeps_the_state_types_of_reset(env_id, kwargs):
     obs2, state2, *_ = jax.eval_shape(lambda k, s, a: task.step(k, s, a, params), key, state, action)
     assert _avals(state2) == _avals(state)
     assert _avals(obs2) == _avals(obs)
-
 
 
 @pytest.mark.parametrize("env_id", IDS)
