@@ -74,10 +74,13 @@ from qsmgym.agents.particle_filter import (
     bayes_update,
     init_uniform,
     maybe_resample,
+    ResampleNoise,
     mean_cov,
+    resample_noise,
     weighted_sum,
 )
 from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry, nrm, ramsey_probability
+from qsmgym.physics import prng
 
 POLICIES = ("nn", "static")
 LOSSES = ("log", "plain")
@@ -262,13 +265,39 @@ class _Setup:
         return tau, phase
 
     # ------------------------------------------------------------------ one episode
-    def episode(self, policy_params, key) -> dict[str, jnp.ndarray]:
+    def step_keys(self, key) -> jnp.ndarray:
+        """The per-measurement keys (n_steps, 2) of the episode with key ``key``."""
+        return jax.random.split(jax.random.split(key, 3)[2], self.n_steps)
+
+    def step_noise(self, step_key) -> tuple[jnp.ndarray, ResampleNoise]:
+        """One measurement's random numbers: the outcome's uniform and the filter's resampling
+        noise (from split(step_key) = (k_y, k_rs), as ``jax.random.uniform(k_y, ())`` and
+        ``resample_noise(k_rs, ...)`` draw them)."""
+        k_y, k_rs = jax.random.split(step_key)
+        d = self.task.prior_box(self.params)[0].shape[0]
+        return prng.uniform(k_y, (), self.dtype), resample_noise(k_rs, self.task.n_particles, d, self.dtype)
+
+    def batch(self, policy_params, keys) -> dict[str, jnp.ndarray]:
+        """``episode`` for each key of ``keys`` (B, 2): arrays (B, n_steps). Every step's random
+        numbers are drawn before the episodes' loop, time-major (n_steps, B, ...), so that
+        XLA's CPU back end computes each once, in the layout the loop reads (drawn in the loop,
+        the jitter's erf_inv was fused into 3 of the gradient's residual stores; drawn per
+        episode, they were transposed). The values are the same as drawing them in the loop."""
+        step_keys = jax.vmap(self.step_keys)(keys)  # (B, T, 2)
+        noise = jax.vmap(jax.vmap(self.step_noise))(jnp.swapaxes(step_keys, 0, 1))  # (T, B, ...)
+        return jax.vmap(lambda k, nz: self.episode(policy_params, k, nz), in_axes=(0, 1),
+                        axis_name=_EPISODES)(keys, noise)
+
+    def episode(self, policy_params, key, noise=None) -> dict[str, jnp.ndarray]:
         """One simulated episode, to be called under ``jax.vmap(..., axis_name=_EPISODES)`` (the
-        filters' fallback draw branches on the whole batch). Returns per-step arrays (n_steps,):
-        "se", "score" (running sum S of log p(y | omega, tau), gradient attached), "tau",
-        "phase", "active"."""
+        filters' fallback draw branches on the whole batch; ``batch`` does this). Returns
+        per-step arrays (n_steps,): "se", "score" (running sum S of log p(y | omega, tau),
+        gradient attached), "tau", "phase", "active". ``noise``: the steps' random numbers as
+        ``step_noise`` of ``step_keys(key)`` gives them (drawn here if None)."""
         task, params, dtype, config = self.task, self.params, self.dtype, self.config
-        k_theta, k_pf, k_run = jax.random.split(key, 3)
+        k_theta, k_pf, _ = jax.random.split(key, 3)  # the third: step_keys
+        if noise is None:
+            noise = jax.vmap(self.step_noise)(self.step_keys(key))
         low, high = (jnp.asarray(b, dtype) for b in task.prior_box(params))
         theta = low + (high - low) * jax.random.uniform(k_theta, low.shape, dtype)
         pf = init_uniform(k_pf, task.n_particles, low, high, dtype)
@@ -276,21 +305,21 @@ class _Setup:
         rate = theta[1] if task.unknown_t2 else params.inv_t2
         time_budget = task.budget == "time"
 
+
         def body(carry, inputs):
             pf, resources, done, score = carry
-            k, step = inputs
+            u, noise, step = inputs
             if config.stop_gradient_filter:
                 pf = jax.lax.stop_gradient(pf)
             feats = features(task, params, pf, step, resources)
             if config.stop_gradient_input:
                 feats = jax.lax.stop_gradient(feats)
             tau, phase = self.controls(policy_params, feats, step)
-            k_y, k_rs = jax.random.split(k)
             p_plus = ramsey_probability(1.0, theta[0], tau, phase, rate)
-            y = jnp.where(jax.random.uniform(k_y, (), dtype) < jax.lax.stop_gradient(p_plus), 1.0, -1.0).astype(dtype)
+            y = jnp.where(u < jax.lax.stop_gradient(p_plus), 1.0, -1.0).astype(dtype)
             allowed = ~done & (resources + tau <= params.total_time) if time_budget else ~done
             new = bayes_update(pf, y, (tau, phase), lik)
-            new, _ = maybe_resample(k_rs, new, low, high, task.resample_config, axis_name=_EPISODES)
+            new, _ = maybe_resample(None, new, low, high, task.resample_config, axis_name=_EPISODES, noise=noise)
             pf = jax.tree_util.tree_map(lambda a, b: jnp.where(allowed, a, b), new, pf)
             log_p = jnp.log(jnp.maximum(ramsey_probability(y, theta[0], tau, phase, rate), jnp.finfo(dtype).tiny))
             score = score + jnp.where(allowed, log_p, 0.0)
@@ -304,7 +333,7 @@ class _Setup:
 
         carry = (pf, jnp.zeros((), dtype), jnp.zeros((), bool), jnp.zeros((), dtype))
         steps = jnp.arange(self.n_steps)
-        _, out = jax.lax.scan(body, carry, (jax.random.split(k_run, self.n_steps), steps))
+        _, out = jax.lax.scan(body, carry, (noise[0], noise[1], steps))
         return out
 
     # ------------------------------------------------------------------ loss
@@ -312,7 +341,7 @@ class _Setup:
         """Surrogate over ``config.batch`` episodes (its gradient is the estimator); aux
         "loss": the value reported (log mean SE averaged over steps for log + cumulative)."""
         config = self.config
-        out = jax.vmap(lambda k: self.episode(policy_params, k), axis_name=_EPISODES)(jax.random.split(key, config.batch))
+        out = self.batch(policy_params, jax.random.split(key, config.batch))
         se, score = out["se"], out["score"]  # (B, T)
         if config.score_function:
             base = jnp.mean(se, axis=0, keepdims=True) if config.baseline == "batch_mean" else 0.0
@@ -498,11 +527,11 @@ def evaluate(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
     ids = jnp.arange(n_episodes).reshape(-1, chunk)
 
     def run(policy_params, ids):
-        def one(i):
-            out = setup.episode(policy_params, jax.random.fold_in(key, i))
+        def chunk_of(i):
+            out = setup.batch(policy_params, jax.vmap(lambda j: jax.random.fold_in(key, j))(i))
             return {k: out[k] for k in ("se", "tau", "phase", "active")}
 
-        return jax.lax.map(jax.vmap(one, axis_name=_EPISODES), ids)
+        return jax.lax.map(chunk_of, ids)
 
     out = jax.jit(run, compiler_options=compiler_options())(policy_params, ids)
     return {k: np.asarray(v).reshape(n_episodes, -1) for k, v in out.items()}

@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from qsmgym.physics import prng
+
 JITTERS = ("coded", "documented")
 SW_ORDERS = ("qsensoropt", "normalised")
 
@@ -88,7 +90,7 @@ def init_uniform(key: jax.Array, n_particles: int, low: jnp.ndarray, high: jnp.n
     """n_particles draws from U(low, high) (each of shape (d,)) with uniform weights."""
     low = jnp.asarray(low, dtype)
     high = jnp.asarray(high, dtype)
-    u = jax.random.uniform(key, (n_particles, low.shape[0]), dtype)
+    u = prng.uniform(key, (n_particles, low.shape[0]), dtype)
     return ParticleFilter(particles=low + (high - low) * u,
                           weights=jnp.full((n_particles,), 1.0 / n_particles, dtype))
 
@@ -144,7 +146,7 @@ def _draw_indices(key: jax.Array, probs: jnp.ndarray, n: int) -> jnp.ndarray:
     """n indices ~ Categorical(probs) by inverse-CDF sampling, no gradient (the gumbel-max
     alternative costs O(N^2) per filter). The search is ``_search_right``: the same indices
     as ``jnp.searchsorted(cdf, u, side="right")``, ~4x faster on CPU under vmap."""
-    return _indices_from(jax.random.uniform(key, (n,), probs.dtype), probs)
+    return _indices_from(prng.uniform(key, (n,), probs.dtype), probs)
 
 
 def _indices_from(u: jnp.ndarray, probs: jnp.ndarray) -> jnp.ndarray:
@@ -168,9 +170,9 @@ def _search_right(cdf: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
     n_blocks = -(-size // width)
     padded = jnp.concatenate([cdf, jnp.full((n_blocks * width - size,), jnp.inf, cdf.dtype)])
     blocks = padded.reshape(n_blocks, width)
-    block = jnp.sum(blocks[:, -1][None, :] <= x[:, None], axis=1)
+    block = jnp.sum(blocks[:, -1][None, :] <= x[:, None], axis=1, dtype=jnp.int32)
     row = jnp.minimum(block, n_blocks - 1)
-    within = jnp.sum(blocks[row] <= x[:, None], axis=1)
+    within = jnp.sum(blocks[row] <= x[:, None], axis=1, dtype=jnp.int32)
     return jnp.where(block >= n_blocks, size, row * width + within)
 
 
@@ -198,10 +200,10 @@ def _soft_draw(u: jnp.ndarray, w: jnp.ndarray, config: ResampleConfig):
     return idx, new_w / jnp.where(valid, total, 1.0), q_i, valid
 
 
-def _finish(key_jit: jax.Array, pf: ParticleFilter, low, high, config: ResampleConfig, idx, new_w, q_i,
+def _finish(z: jnp.ndarray, pf: ParticleFilter, low, high, config: ResampleConfig, idx, new_w, q_i,
             valid, idx_hard) -> ParticleFilter:
     """Fallback selection, the Ścibior–Wood factor (qsensoropt order) and the Liu–West move."""
-    n, d = pf.particles.shape
+    n = pf.weights.shape[0]
     w = pf.weights
     mu, cov = mean_cov(pf)  # pre-resampling moments, gradients attached
     # Fallback: hard multinomial resampling on w with uniform weights (qsensoropt then
@@ -215,7 +217,6 @@ def _finish(key_jit: jax.Array, pf: ParticleFilter, low, high, config: ResampleC
         new_w = new_w * jnp.where(ok, safe / jax.lax.stop_gradient(safe), 1.0)
     theta = pf.particles[idx]
     scale = (1.0 - config.beta**2) if config.jitter == "coded" else jnp.sqrt(1.0 - config.beta**2)
-    z = jax.random.normal(key_jit, (n, d), theta.dtype)
     root = _sqrtm_psd(cov)
     delta = scale * jnp.sum(z[:, None, :] * root[None, :, :], axis=-1)  # z @ root.T, without a batched dot
     theta = config.beta * theta + (1.0 - config.beta) * mu + delta
@@ -223,17 +224,41 @@ def _finish(key_jit: jax.Array, pf: ParticleFilter, low, high, config: ResampleC
     return ParticleFilter(particles=theta, weights=new_w)
 
 
-def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.ndarray,
-             config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None) -> ParticleFilter:
+@struct.dataclass
+class ResampleNoise:
+    """The random numbers of one resampling: u (n_particles,) uniforms for the indices (the
+    soft draw's, and the fallback's if it is needed); z (n_particles, d) standard normals for
+    the Liu–West jitter."""
+
+    u: jnp.ndarray
+    z: jnp.ndarray
+
+
+def resample_noise(key: jax.Array, n_particles: int, d: int, dtype=jnp.float64) -> ResampleNoise:
+    """The noise ``resample(key, ...)`` draws: the key is split in 3, the first for u, the third
+    for z (the second is unused; it kept the streams when the fallback stopped drawing its own).
+
+    Callers that run many filter steps in a ``lax.scan`` can draw the noise of every step
+    before the loop and pass ``noise=`` instead of a key: the results are the same bit for
+    bit, and XLA's CPU back end, which otherwise fused the normals' erf_inv into each of the
+    loop's residual stores (3 recomputations a step in the NV-DC-24 gradient), computes them once."""
+    key_idx, _, key_jit = jax.random.split(key, 3)
+    return ResampleNoise(u=prng.uniform(key_idx, (n_particles,), dtype),
+                         z=prng.normal(key_jit, (n_particles, d), dtype))
+
+
+def resample(key: jax.Array | None, pf: ParticleFilter, low: jnp.ndarray, high: jnp.ndarray,
+             config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None,
+             noise: ResampleNoise | None = None) -> ParticleFilter:
     """Soft resampling + Ścibior–Wood + Liu–West move + clip to [low, high] (always applied;
-    see ``maybe_resample`` for the N_eff test). Keys (split in 3): the first for the indices'
-    uniforms (the soft draw's, and the fallback's if it is needed), the third for the jitter.
+    see ``maybe_resample`` for the N_eff test). The random numbers are ``noise``, or if it is
+    None ``resample_noise(key, ...)`` (pass exactly one of the two).
     ``axis_name``: the name of an enclosing ``jax.vmap`` over filters; with it the fallback's
     search runs only when some filter of that batch drew invalid weights (same results)."""
     _check_config(config)
-    key_idx, _, key_jit = jax.random.split(key, 3)
-    n = pf.weights.shape[0]
-    u = jax.random.uniform(key_idx, (n,), pf.weights.dtype)
+    n, d = pf.particles.shape
+    noise = _noise_of(key, noise, n, d, pf.weights.dtype)
+    u = noise.u
     idx, new_w, q_i, valid = _soft_draw(u, pf.weights, config)
     # the fallback reuses the soft draw's uniforms: it replaces that draw, never joins it, so
     # its indices are still Categorical(w), with 480 fewer random numbers a filter step
@@ -244,18 +269,29 @@ def resample(key: jax.Array, pf: ParticleFilter, low: jnp.ndarray, high: jnp.nda
         # batch needs it (a real branch: the predicate is the same for the whole batch)
         any_invalid = jax.lax.psum((~valid).astype(jnp.int32), axis_name) > 0
         idx_hard = jax.lax.cond(any_invalid, lambda: _indices_from(u, pf.weights), lambda: idx)
-    return _finish(key_jit, pf, low, high, config, idx, new_w, q_i, valid, idx_hard)
+    return _finish(noise.z, pf, low, high, config, idx, new_w, q_i, valid, idx_hard)
 
 
-def maybe_resample(key: jax.Array, pf: ParticleFilter, low, high,
-                   config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None
-                   ) -> tuple[ParticleFilter, jnp.ndarray]:
+def _noise_of(key, noise: ResampleNoise | None, n: int, d: int, dtype) -> ResampleNoise:
+    if (key is None) == (noise is None):
+        raise ValueError(f"pass exactly one of key and noise, got key={key!r}, noise={noise!r}")
+    if noise is None:
+        return resample_noise(key, n, d, dtype)
+    if noise.u.shape != (n,) or noise.z.shape != (n, d):
+        raise ValueError(f"noise must have u of shape {(n,)} and z of shape {(n, d)}, "
+                         f"got u {noise.u.shape} and z {noise.z.shape}")
+    return noise
+
+
+def maybe_resample(key: jax.Array | None, pf: ParticleFilter, low, high,
+                   config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None,
+                   noise: ResampleNoise | None = None) -> tuple[ParticleFilter, jnp.ndarray]:
     """Resample iff N_eff < threshold * N (per filter: under vmap this is qsensoropt's partial
-    resampling). Returns (filter, resampled flag). ``axis_name``: see ``resample``."""
+    resampling). Returns (filter, resampled flag). ``axis_name``, ``noise``: see ``resample``."""
     if not config.enabled:
         return pf, jnp.zeros((), bool)
     n = pf.weights.shape[0]
     need = effective_sample_size(pf) < config.threshold * n
-    new = resample(key, pf, low, high, config, axis_name=axis_name)
+    new = resample(key, pf, low, high, config, axis_name=axis_name, noise=noise)
     out = jax.tree_util.tree_map(lambda a, b: jnp.where(need, a, b), new, pf)
     return out, need

@@ -63,6 +63,23 @@ def _fixed_draw_loss(task, policy, **kwargs):
     return init, jax.jit(lambda p, k: loss(p, k)[0])
 
 
+
+@pytest.mark.parametrize("kwargs", [{}, {"unknown_t2": True}, {"budget": "time", "total_time": 40.0}],
+                         ids=["known_t2", "unknown_t2", "time_budget"])
+def test_batch_draws_the_same_noise_as_each_episode(kwargs):
+    # _Setup.batch draws every step's random numbers before the loop, time-major; each
+    # episode drawing its own from its key must give the same trajectories bit for bit
+    task = small_task(resample_threshold=0.9, **kwargs)
+    config = mapf.ModelAwarePFConfig(policy="nn", batch=8, dtype="float32", hidden=8, layers=2)
+    setup = mapf._Setup(config, task, task.default_params())
+    p = setup.init_policy(jax.random.PRNGKey(0))
+    keys = jax.random.split(jax.random.PRNGKey(4), 8)
+    batched = jax.jit(setup.batch)(p, keys)
+    own = jax.jit(jax.vmap(setup.episode, in_axes=(None, 0), axis_name=mapf._EPISODES))(p, keys)
+    for name in ("se", "score", "tau", "active"):
+        np.testing.assert_array_equal(np.asarray(batched[name]), np.asarray(own[name]))
+    assert np.ptp(np.asarray(batched["se"])) > 0  # the episodes differ (the keys matter)
+
 @pytest.mark.parametrize("policy,resample", [("static", False), ("static", True), ("nn", True)],
                          ids=["static-no_resampling", "static-resampling", "nn-resampling"])
 def test_pathwise_gradient_matches_finite_differences(policy, resample):

@@ -321,3 +321,30 @@ def test_two_level_search_equals_searchsorted(size):
     x = jnp.concatenate([jnp.asarray(rng.random(997)) * cdf[-1], cdf, jnp.array([0.0, -1.0, float(cdf[-1]) + 1])])
     np.testing.assert_array_equal(np.asarray(jax.jit(_search_right)(cdf, x)),
                                   np.asarray(jnp.searchsorted(cdf, x, side="right")))
+
+
+def test_precomputed_noise_equals_drawing_it_from_the_key():
+    # resample(noise=resample_noise(key, ...)) is resample(key) bit for bit (model_aware_pf draws
+    # the noise of all steps before its loop); exactly one of key and noise is accepted
+    from qsmgym.agents.particle_filter import resample_noise
+
+    pf = init_uniform(jax.random.PRNGKey(0), 64, LOW, HIGH)
+    pf = bayes_update(pf, 1.0, 9.0, ramsey(0.0))
+    key = jax.random.PRNGKey(3)
+    noise = resample_noise(key, 64, 1, pf.particles.dtype)
+    assert noise.u.shape == (64,) and noise.z.shape == (64, 1)
+    for config in (ResampleConfig(), ResampleConfig(jitter="documented", alpha=0.2)):
+        a = resample(key, pf, LOW, HIGH, config)
+        b = resample(None, pf, LOW, HIGH, config, noise=noise)
+        np.testing.assert_array_equal(np.asarray(a.particles), np.asarray(b.particles))
+        np.testing.assert_array_equal(np.asarray(a.weights), np.asarray(b.weights))
+    # the jitter uses z: other normals move the particles
+    other = noise.replace(z=noise.z + 1.0)
+    moved = resample(None, pf, LOW, HIGH, noise=other)
+    assert not np.array_equal(np.asarray(moved.particles), np.asarray(a.particles))
+    with pytest.raises(ValueError, match="exactly one of key and noise"):
+        resample(key, pf, LOW, HIGH, noise=noise)
+    with pytest.raises(ValueError, match="exactly one of key and noise"):
+        maybe_resample(None, pf, LOW, HIGH)
+    with pytest.raises(ValueError, match="noise must have u of shape"):
+        resample(None, pf, LOW, HIGH, noise=resample_noise(key, 32, 1, pf.particles.dtype))
