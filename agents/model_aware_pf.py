@@ -71,10 +71,10 @@ from flax import struct
 
 from qsmgym.agents.particle_filter import (
     ParticleFilter,
+    ResampleNoise,
     bayes_update,
     init_uniform,
     maybe_resample,
-    ResampleNoise,
     mean_cov,
     resample_noise,
     weighted_sum,
@@ -313,7 +313,6 @@ class _Setup:
         lik = task.likelihood(params)
         rate = theta[1] if task.unknown_t2 else params.inv_t2
         time_budget = task.budget == "time"
-
 
         def body(carry, inputs):
             pf, resources, done, score = carry
