@@ -52,21 +52,22 @@ def _fast_path(key) -> bool:
             and jax.config.jax_default_prng_impl == "threefry2x32" and jax.config.jax_threefry_partitionable)
 
 
-def _bits32(key, shape) -> jnp.ndarray:
+def _hash(key, shape):
+    """The two Threefry words for the 64-bit counters (0, i), i the flat index in ``shape``."""
     size = math.prod(shape)
     if size >= 2**32:
         raise ValueError(f"shape must have fewer than 2**32 elements, got shape={shape!r}")
     counter = lax.iota(np.uint32, size).reshape(shape)
-    y1, y2 = threefry2x32(key[0], key[1], jnp.zeros((), np.uint32), counter)
+    return threefry2x32(key[0], key[1], jnp.zeros((), np.uint32), counter)
+
+
+def _bits32(key, shape) -> jnp.ndarray:
+    y1, y2 = _hash(key, shape)
     return y1 ^ y2
 
 
 def _bits64(key, shape) -> jnp.ndarray:
-    size = math.prod(shape)
-    if size >= 2**32:
-        raise ValueError(f"shape must have fewer than 2**32 elements, got shape={shape!r}")
-    counter = lax.iota(np.uint32, size).reshape(shape)
-    y1, y2 = threefry2x32(key[0], key[1], jnp.zeros((), np.uint32), counter)
+    y1, y2 = _hash(key, shape)
     return lax.shift_left(y1.astype(np.uint64), np.uint64(32)) | y2.astype(np.uint64)
 
 
