@@ -10,12 +10,13 @@ Policies map the particle filter (and the env params) to the evolution time tau,
 
 ``rollout_tau_policy`` runs such a policy through the functional core of
 ``qsm/BayesianMagnetometry-v0`` (``BayesianMagnetometry.measure``), vmapped over episodes
-in one jit, and returns the squared error and posterior variance after every measurement.
+in one jit, and returns the squared error and posterior variance after every measurement;
+``rollout_tau_policies`` runs several from one compiled program.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,19 +69,31 @@ def rollout_tau_policy(task, params, policy: Callable, key: jax.Array, n_episode
     "resources", "active" (1 while the budget allowed the measurement), and "reward".
     Under a time budget a finished episode keeps its last estimate (its SE stays frozen).
     """
+    return rollout_tau_policies(task, params, [policy], [key], n_episodes, n_steps, chunk)[0]
+
+
+def rollout_tau_policies(task, params, policies: Sequence[Callable], keys: Sequence[jax.Array], n_episodes: int,
+                         n_steps: int | None = None, chunk: int = 1024) -> list[dict[str, jnp.ndarray]]:
+    """``rollout_tau_policy`` for each (policy, key) pair, from ONE compiled program: the
+    policy is a ``lax.switch`` branch picked by a traced index, so several policies cost one
+    compilation (the env's ``references`` runs three; compiling each alone took most of its
+    time). Each result is what ``rollout_tau_policy(task, params, policy, key, ...)`` gives."""
+    if len(policies) != len(keys) or not policies:
+        raise ValueError(f"policies and keys must be non-empty and of equal length, got {len(policies)} and {len(keys)}")
     n_steps = task.horizon if n_steps is None else int(n_steps)
     if n_episodes % chunk:
         chunk = int(np.gcd(n_episodes, chunk))
     cache = task.precompute(params)
     inv_t2 = None if task.unknown_t2 else params.inv_t2
+    branches = [lambda k, pf, p=p: p(k, pf, inv_t2) for p in policies]
 
-    def episode(k):
+    def episode(k, which):
         k_reset, k_run = jax.random.split(k)
         _, state = task.reset_env(k_reset, params, cache)
 
         def body(state, k_step):
             k_pol, k_meas = jax.random.split(k_step)
-            tau = policy(k_pol, state.pf, inv_t2)
+            tau = jax.lax.switch(which, branches, k_pol, state.pf)
             _, new, reward, term, info = task.measure(k_meas, state, tau, jnp.zeros(()), params)
             out = {"se": info["se"], "variance": info["posterior_variance"], "tau": tau,
                    "resources": new.resources, "active": info["measured"], "reward": reward}
@@ -90,10 +103,13 @@ def rollout_tau_policy(task, params, policy: Callable, key: jax.Array, n_episode
         return out
 
     ids = jnp.arange(n_episodes).reshape(-1, chunk)
-    run = jax.jit(lambda ids: jax.lax.map(
-        lambda c: jax.vmap(lambda i: episode(jax.random.fold_in(key, i)))(c), ids))
-    out = run(ids)
-    return {k: v.reshape((n_episodes, n_steps)) for k, v in out.items()}
+    run = jax.jit(lambda key, which: jax.lax.map(
+        lambda c: jax.vmap(lambda i: episode(jax.random.fold_in(key, i), which))(c), ids))
+    results = []
+    for which, key in enumerate(keys):
+        out = run(key, jnp.asarray(which, jnp.int32))
+        results.append({k: v.reshape((n_episodes, n_steps)) for k, v in out.items()})
+    return results
 
 
 def bootstrap_mean_ci(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:

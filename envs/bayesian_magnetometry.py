@@ -385,7 +385,7 @@ class BayesianMagnetometry(FunctionalEnv):
 
     def references(self, params=None, *, cache=None, n_episodes: int = 512) -> dict[str, float]:
         """Heuristic returns and MSEs by Monte Carlo (see the class docstring); cached."""
-        from qsmgym.agents.nv_heuristics import constant_tau, pgh_tau, rollout_tau_policy, sigma_inverse_tau
+        from qsmgym.agents.nv_heuristics import constant_tau, pgh_tau, rollout_tau_policies, sigma_inverse_tau
 
         params = self.default_params() if params is None else params
         key_ = self._config_key(params) + (n_episodes,)
@@ -393,9 +393,10 @@ class BayesianMagnetometry(FunctionalEnv):
             return dict(_REF_CACHE[key_])
         out: dict[str, float] = {}
         policies = {"sigma_inverse": sigma_inverse_tau, "pgh": pgh_tau, "constant": constant_tau(1.0)}
-        for i, (name, policy) in enumerate(policies.items()):
-            res = rollout_tau_policy(self, params, policy, jax.random.PRNGKey(i), n_episodes,
-                                     chunk=min(n_episodes, 512))
+        keys = [jax.random.PRNGKey(i) for i in range(len(policies))]
+        results = rollout_tau_policies(self, params, list(policies.values()), keys, n_episodes,
+                                       chunk=min(n_episodes, 512))
+        for name, res in zip(policies, results):
             out["return_" + name] = float(np.mean(np.sum(np.asarray(res["reward"]), axis=1)))
             out["mse_" + name] = float(np.mean(np.asarray(res["se"])[:, -1]))
         out["physical_limit"] = 1.0 if self.reward_mode == "posterior_variance" else 0.0

@@ -150,6 +150,25 @@ def test_references():
     assert small["physical_limit"] == 0.0 and "qsensoropt_mse20_pgh" not in small
 
 
+
+def test_several_policies_from_one_program_equal_each_alone():
+    # references() rolls its three heuristics out of one compiled program (lax.switch on the
+    # policy index); each result must be what rolling that policy out alone gives, bit for bit
+    from qsmgym.agents.nv_heuristics import constant_tau, rollout_tau_policies
+
+    task = BayesianMagnetometry(n_measurements=5, n_particles=64)
+    params = task.default_params()
+    policies = [pgh_tau, constant_tau(2.0)]  # pgh uses its key; the constant differs from it
+    keys = [jax.random.PRNGKey(3), jax.random.PRNGKey(4)]
+    together = rollout_tau_policies(task, params, policies, keys, 32, chunk=16)
+    for policy, key, res in zip(policies, keys, together):
+        alone = rollout_tau_policy(task, params, policy, key, 32, chunk=16)
+        for name in ("se", "tau", "reward", "active"):
+            np.testing.assert_array_equal(np.asarray(res[name]), np.asarray(alone[name]))
+    assert not np.array_equal(np.asarray(together[0]["tau"]), np.asarray(together[1]["tau"]))  # the index picks
+    with pytest.raises(ValueError, match="policies and keys"):
+        rollout_tau_policies(task, params, policies, keys[:1], 32)
+
 @pytest.mark.parametrize(
     "kwargs,exc,name",
     [
