@@ -62,10 +62,10 @@ def run_filter(key, taus, ys, inv_t2, n_particles, config):
     k0, key = jax.random.split(key)
     pf = init_uniform(k0, n_particles, LOW, HIGH)
     lik = ramsey(inv_t2)
+    step = jax.jit(lambda pf, y, tau, k: maybe_resample(k, bayes_update(pf, y, tau, lik), LOW, HIGH, config))
     n_resampled = 0
     for tau, y, k in zip(taus, ys, jax.random.split(key, len(taus))):
-        pf = bayes_update(pf, y, tau, lik)
-        pf, did = maybe_resample(k, pf, LOW, HIGH, config)
+        pf, did = step(pf, y, tau, k)
         n_resampled += int(did)
     return pf, n_resampled
 
@@ -116,7 +116,8 @@ def test_coded_jitter_shrinks_the_variance_by_the_expected_factor():
     beta = 0.98
     for jitter, factor in (("coded", beta**2 + (1 - beta**2) ** 2), ("documented", 1.0)):
         # alpha = 1: plain multinomial, clip far from binding (posterior mass near 0/1 is small)
-        new = resample(jax.random.PRNGKey(1), pf, LOW - 10, HIGH + 10, ResampleConfig(alpha=1.0, jitter=jitter))
+        config = ResampleConfig(alpha=1.0, jitter=jitter)
+        new = jax.jit(lambda k, p: resample(k, p, LOW - 10, HIGH + 10, config))(jax.random.PRNGKey(1), pf)
         _, var1 = mean_cov(new)
         # sampling error of a variance over ~200k particles: ~ sqrt(2/200k) ~ 0.3 %
         np.testing.assert_allclose(float(var1[0, 0]) / float(var0[0, 0]), factor, atol=0.015)
@@ -152,11 +153,12 @@ def test_soft_resampling_is_unbiased_and_scibior_wood_keeps_the_value():
     pf = bayes_update(pf, -1.0, 6.0, ramsey(0.0))
     mu0, _ = mean_cov(pf)
     cfg = ResampleConfig(beta=1.0)  # no move: only the soft draw
-    new = resample(jax.random.PRNGKey(6), pf, LOW, HIGH, cfg)
+    new = jax.jit(lambda p: resample(jax.random.PRNGKey(6), p, LOW, HIGH, cfg))(pf)
     mu1, _ = mean_cov(new)
     # soft weights w/q are unbiased; SE of a mean of ~1e5 draws with weights in [0, 2/alpha]
     assert abs(float(mu1[0] - mu0[0])) < 5 * np.sqrt(1 / 12 / 5e4)
-    off = resample(jax.random.PRNGKey(6), pf, LOW, HIGH, ResampleConfig(beta=1.0, scibior_wood=False))
+    off_cfg = ResampleConfig(beta=1.0, scibior_wood=False)
+    off = jax.jit(lambda p: resample(jax.random.PRNGKey(6), p, LOW, HIGH, off_cfg))(pf)
     np.testing.assert_allclose(np.asarray(off.weights), np.asarray(new.weights), rtol=1e-13)
 
 
