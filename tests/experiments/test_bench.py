@@ -31,8 +31,9 @@ def test_numpy_reference_matches_jax_core():
 
 
 def test_every_other_task_has_three_paths():
-    # BENCHMARKS.md's rows, with a small magnetometry filter (its default 480 particles spend
-    # ~15 s in the heuristic references before the first timed step)
+    # BENCHMARKS.md's rows, with a small magnetometry filter (with its default 480 particles
+    # and 24 measurements the heuristic references take several seconds before the first
+    # timed step)
     small = {"qsm/BayesianMagnetometry-v0": {"n_particles": 64, "n_measurements": 6}}
     rows = [(env_id, small.get(env_id, kwargs)) for env_id, kwargs in bench.TASK_ROWS]
     rows = bench.run_tasks(rows=rows, num_envs=8, seconds=0.02)
