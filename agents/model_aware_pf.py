@@ -316,7 +316,7 @@ class _Setup:
 
         def body(carry, inputs):
             pf, resources, done, score = carry
-            u, noise, step = inputs
+            u, rs_noise, step = inputs  # this step's outcome uniform and resampling noise
             if config.stop_gradient_filter:
                 pf = jax.lax.stop_gradient(pf)
             feats = features(task, params, pf, step, resources)
@@ -327,7 +327,7 @@ class _Setup:
             y = jnp.where(u < jax.lax.stop_gradient(p_plus), 1.0, -1.0).astype(dtype)
             allowed = ~done & (resources + tau <= params.total_time) if time_budget else ~done
             new = bayes_update(pf, y, (tau, phase), lik)
-            new, _ = maybe_resample(None, new, low, high, task.resample_config, axis_name=_EPISODES, noise=noise)
+            new, _ = maybe_resample(None, new, low, high, task.resample_config, axis_name=_EPISODES, noise=rs_noise)
             pf = jax.tree_util.tree_map(lambda a, b: jnp.where(allowed, a, b), new, pf)
             log_p = jnp.log(jnp.maximum(ramsey_probability(y, theta[0], tau, phase, rate), jnp.finfo(dtype).tiny))
             score = score + jnp.where(allowed, log_p, 0.0)
