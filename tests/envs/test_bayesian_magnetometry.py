@@ -1,8 +1,13 @@
 """qsm/BayesianMagnetometry-v0: physics, rewards, budgets, determinism, references, bad input,
-and (slow) the heuristics against qsensoropt's published MSE(20).
+and (slow) the heuristics against a qsensoropt run at the same settings and against its
+published MSE(20).
 
 The contract (both checkers, shell/vector/core parity, jit/vmap) is in tests/envs/test_contract.py.
 """
+
+import functools
+import json
+from pathlib import Path
 
 import gymnasium as gym
 import jax
@@ -204,29 +209,59 @@ def test_bad_actions(action):
         env.step(action)
 
 
-PGH_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="PGH MSE(20) measured 7.30e-3 here and 7.42e-3 [7.15e-3, 7.72e-3] over 65,536 episodes "
-    "(another seed), ~13 % above qsensoropt's 6.51e-3: inside the spec's +-20 % band, outside the "
-    "two-sample test; the cause (PGH or filter detail vs qsensoropt) is not resolved",
+HEURISTICS_RUNS = Path(__file__).resolve().parents[2] / "docs" / "results" / "nv-dc-24" / "heuristics" / "summary.json"
+
+PGH_PUBLISHED_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="qsensoropt 1.1.0 itself, run here at the spec's settings, gives PGH MSE(20) 7.26e-3 +- 0.08e-3 "
+    "over 16 x 16,384 episodes (docs/results/nv-dc-24/heuristics): 11 % and 9 of its standard errors above "
+    "its shipped 6.51e-3. Ours agrees with that run (test_heuristics_agree_with_qsensoropt_run_here); the "
+    "published value is not reproduced by its own library at these settings"
 )
+
+
+@functools.lru_cache(maxsize=None)
+def _our_heuristic_se(policy):
+    # 16,384 episodes (qsensoropt's evaluation size) vmapped in one jit, default settings (480
+    # particles, T2 = inf, N = 24), unclipped tau through the core: squared errors (episodes, 24)
+    task = BayesianMagnetometry()
+    res = rollout_tau_policy(task, task.default_params(), policy, jax.random.PRNGKey(20240), 16384)
+    return np.asarray(res["se"], np.float64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy_name,policy", [("sigma_inverse", sigma_inverse_tau), ("pgh", pgh_tau)])
+def test_heuristics_agree_with_qsensoropt_run_here(policy_name, policy):
+    # The spec's criterion 1: the untrained heuristics agree with a qsensoropt run at the same
+    # settings. qsensoropt's side is read from the recorded runs of
+    # experiments/nv_heuristics_compare.py (R runs x 16,384 episodes of
+    # experiments/qsensoropt_nv_dc.py --mode pgh|sigma, qsensoropt 1.1.0, float32); its standard
+    # error is the run-to-run sd / sqrt(R). Ours: 16,384 fresh episodes, sd / sqrt(16,384).
+    # Criterion: the two-sample z-test at 95 % at n = 20 and n = 24, plus the spec's +-20 %.
+    runs = json.loads(HEURISTICS_RUNS.read_text())["records"]["qsensoropt"][policy_name]
+    se = _our_heuristic_se(policy)
+    for n in (20, 24):
+        x = se[:, n - 1]
+        theirs = np.array([r["mse_n"][n - 1] for r in runs])
+        se_ours, se_theirs = x.std(ddof=1) / np.sqrt(x.size), theirs.std(ddof=1) / np.sqrt(theirs.size)
+        _, lo, hi = bootstrap_mean_ci(x, n_boot=1000)
+        print(f"{policy_name} MSE({n}): ours {x.mean():.3e} [{lo:.3e}, {hi:.3e}], qsensoropt here "
+              f"{theirs.mean():.3e} +- {se_theirs:.1e} ({theirs.size} runs)")
+        assert len(runs) >= 4 and all(r["n_eval"] == 16384 for r in runs)
+        assert abs(x.mean() / theirs.mean() - 1) <= 0.2
+        assert abs(x.mean() - theirs.mean()) <= 1.96 * np.hypot(se_ours, se_theirs)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy_name,policy", [("sigma_inverse", sigma_inverse_tau),
-                                                pytest.param("pgh", pgh_tau, marks=PGH_XFAIL)])
-def test_heuristics_reproduce_qsensoropt_mse20(policy_name, policy):
-    # 16,384 episodes (qsensoropt's evaluation size) vmapped in one jit, default settings
-    # (480 particles, T2 = inf, N = 24), unclipped tau through the core; MSE after 20
-    # measurements. The squared error is heavy-tailed and qsensoropt's published value is
-    # itself one 16,384-episode mean of the same distribution, with the same relative standard
-    # error as ours (ours: sd/sqrt(n)). Criterion: the two-sample z-test at 95 %,
-    # |ours - theirs| <= 1.96 sqrt(se_ours^2 + se_theirs^2), se_theirs = se_ours * theirs/ours.
-    # (About +-18 %: the spec's "roughly +-20 %".) The bootstrap CI is printed for the report.
-    task = BayesianMagnetometry()
-    params = task.default_params()
-    res = rollout_tau_policy(task, params, policy, jax.random.PRNGKey(20240), 16384, n_steps=20)
-    se = np.asarray(res["se"])[:, -1]
+                                                pytest.param("pgh", pgh_tau, marks=PGH_PUBLISHED_XFAIL)])
+def test_heuristics_reproduce_qsensoropt_published_mse20(policy_name, policy):
+    # Against qsensoropt's shipped MSE(20) (one 16,384-episode mean of the same heavy-tailed
+    # distribution, with the same relative standard error as ours: sd/sqrt(n)). Criterion: the
+    # two-sample z-test at 95 %, |ours - theirs| <= 1.96 sqrt(se_ours^2 + se_theirs^2),
+    # se_theirs = se_ours * theirs/ours (about +-18 %: the spec's "roughly +-20 %"). The bootstrap
+    # CI is printed for the report.
+    se = _our_heuristic_se(policy)[:, 19]
     mean = se.mean()
     se_ours = se.std(ddof=1) / np.sqrt(se.size)
     target = QSENSOROPT_MSE20[policy_name]
