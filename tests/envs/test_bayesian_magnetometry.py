@@ -239,6 +239,8 @@ def test_heuristics_agree_with_qsensoropt_run_here(policy_name, policy):
     # error is the run-to-run sd / sqrt(R). Ours: 16,384 fresh episodes, sd / sqrt(16,384).
     # Criterion: the two-sample z-test at 95 % at n = 20 and n = 24, plus the spec's +-20 %.
     runs = json.loads(HEURISTICS_RUNS.read_text())["records"]["qsensoropt"][policy_name]
+    mode = {"sigma_inverse": "sigma", "pgh": "pgh"}[policy_name]  # qsensoropt_nv_dc.py's --mode
+    assert len(runs) >= 4 and all(r["n_eval"] == 16384 and r["mode"] == mode for r in runs)
     se = _our_heuristic_se(policy)
     for n in (20, 24):
         x = se[:, n - 1]
@@ -247,7 +249,6 @@ def test_heuristics_agree_with_qsensoropt_run_here(policy_name, policy):
         _, lo, hi = bootstrap_mean_ci(x, n_boot=1000)
         print(f"{policy_name} MSE({n}): ours {x.mean():.3e} [{lo:.3e}, {hi:.3e}], qsensoropt here "
               f"{theirs.mean():.3e} +- {se_theirs:.1e} ({theirs.size} runs)")
-        assert len(runs) >= 4 and all(r["n_eval"] == 16384 for r in runs)
         assert abs(x.mean() / theirs.mean() - 1) <= 0.2
         assert abs(x.mean() - theirs.mean()) <= 1.96 * np.hypot(se_ours, se_theirs)
 
