@@ -398,6 +398,7 @@ def belliardo2024(full: bool, plot_path: Path, log) -> dict:
     refs = task.references(params)
     n_episodes = 16384 if full else 4096
     curves, rows, heads = {}, [], []
+    here_runs = _qsensoropt_heuristic_runs()  # read once: the rows and the plot both use it
     for name, label in (("sigma_inverse", "sigma^-1"), ("pgh", "PGH")):
         log(f"  {label}: {n_episodes} episodes ...")
         out = rollout_tau_policy(task, params, policy_by_name(name), jax.random.PRNGKey(7), n_episodes)
@@ -407,7 +408,7 @@ def belliardo2024(full: bool, plot_path: Path, log) -> dict:
         pub = refs[f"qsensoropt_mse20_{name}"]
         rows.append(_row(f"MSE(20), {label} [95% CI {lo:.3g}, {hi:.3g}]", mean, pub,
                          f"qsensoropt's published; ours/published = {mean / pub:.2f}"))
-        here = _qsensoropt_heuristic_runs().get(name)
+        here = here_runs.get(name)
         if here:
             rows.append(_row(f"MSE(20), {label}, qsensoropt 1.1.0 run here", mean, here["mean"],
                              f"{here['runs']} x 16,384 episodes, +- {here['se']:.2g} "
@@ -427,7 +428,7 @@ def belliardo2024(full: bool, plot_path: Path, log) -> dict:
         ax.plot([20], [refs[f"qsensoropt_mse20_{name}"]], "x", color=f"C{k}", ms=10, mew=2,
                 label=f"{label}, qsensoropt published MSE(20)")
     for k, (name, label) in enumerate((("sigma_inverse", "sigma^-1"), ("pgh", "PGH"))):
-        here = _qsensoropt_heuristic_runs().get(name)
+        here = here_runs.get(name)
         if here:
             ax.errorbar([20.3], [here["mean"]], yerr=[1.96 * here["se"]], fmt="o", mfc="none", color=f"C{k}",
                         label=f"{label}, qsensoropt 1.1.0 run here ({here['runs']} x 16,384 episodes)")
