@@ -175,7 +175,10 @@ class GymnasiumEnv(gym.Env):
 
     Attributes:
         task, params, cache: the functional core, its params and derived constants.
-        reference: the task's physical limit and baselines (``task.references(params)``).
+        reference: the task's physical limit and baselines (``task.references(params)``),
+            computed on first access and kept: some tasks estimate their baselines by Monte
+            Carlo (BayesianMagnetometry rolls out three heuristic policies, 8 s on a CPU), which
+            ``gym.make`` need not pay when nothing reads them.
 
     Randomness: ``reset(seed=s)`` starts the JAX key chain ``PRNGKey(s)``; each reset and step
     splits it once, exactly as the vector env does for env i with seed s + i.
@@ -199,7 +202,7 @@ class GymnasiumEnv(gym.Env):
         self.cache = task.precompute(self.params)
         self.observation_space = task.observation_space(self.params)
         self.action_space = task.action_space(self.params)
-        self.reference = task.references(self.params, cache=self.cache)
+        self._reference = None
         self._jit_reset, self._jit_step = jit_reset, jit_step
         self._key = None
         self._subkeys = None
@@ -207,6 +210,13 @@ class GymnasiumEnv(gym.Env):
         self._state = None
         self._done = False
         self._unpack = None
+
+    @property
+    def reference(self) -> dict[str, float]:
+        """The task's physical limit and baselines (see the class docstring)."""
+        if self._reference is None:
+            self._reference = self.task.references(self.params, cache=self.cache)
+        return self._reference
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

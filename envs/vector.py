@@ -59,6 +59,9 @@ class JaxVectorEnv(gym.vector.VectorEnv):
         env_id: registered id, or ``task=`` a constructed functional core.
         num_envs: batch size.
         **kwargs: the task's constructor arguments.
+
+    ``reference`` (the task's physical limit and baselines) is computed on first access, as in
+    the Gymnasium shell.
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -80,11 +83,18 @@ class JaxVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = task.action_space(self.params)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.reference = task.references(self.params, cache=self.cache)
+        self._reference = None  # computed on first access, as the Gymnasium shell's
         self._jit_reset, self._jit_step = _batched_fns(task)
         self._keys = None
         self._states = None
         self._needs_reset = None
+
+    @property
+    def reference(self) -> dict[str, float]:
+        """The task's physical limit and baselines (``task.references(params)``)."""
+        if self._reference is None:
+            self._reference = self.task.references(self.params, cache=self.cache)
+        return self._reference
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         super().reset(seed=seed if isinstance(seed, (int, type(None))) else None)

@@ -177,6 +177,28 @@ def test_references_declared(env_id):
     assert ref["naive_baseline"] < ref["physical_limit"]
 
 
+
+def test_reference_is_computed_on_first_access_and_kept(monkeypatch):
+    """gym.make and the vector env do not compute the task's references (a Monte Carlo
+    estimate for some tasks: BayesianMagnetometry's took 8 s of its 8.3 s gym.make); the first
+    read of ``reference`` does, once per env, and gives the task's own values."""
+    from qsmgym.envs.memory_cutoff import MemoryCutoff
+    from qsmgym.envs.vector import JaxVectorEnv
+
+    calls = []
+    original = MemoryCutoff.references
+    monkeypatch.setattr(MemoryCutoff, "references",
+                        lambda self, *a, **kw: calls.append(self) or original(self, *a, **kw))
+    env = gym.make("qsm/MemoryCutoff-v0", N=2, horizon=20).unwrapped
+    vec = JaxVectorEnv("qsm/MemoryCutoff-v0", 2, N=2, horizon=20)
+    env.reset(seed=0)
+    vec.reset(seed=0)
+    assert calls == []
+    ref = env.reference
+    assert env.reference is ref and len(calls) == 1
+    assert vec.reference == ref and vec.reference is vec.reference and len(calls) == 2
+    assert ref == original(env.task, env.params)
+
 def test_sb3_ppo_learn_runs():
     from stable_baselines3 import PPO
 
