@@ -16,6 +16,7 @@ in one jit, and returns the squared error and posterior variance after every mea
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable, Sequence
 
 import jax
@@ -77,12 +78,47 @@ def rollout_tau_policies(task, params, policies: Sequence[Callable], keys: Seque
     """``rollout_tau_policy`` for each (policy, key) pair, from ONE compiled program: the
     policy is a ``lax.switch`` branch picked by a traced index, so several policies cost one
     compilation (the env's ``references`` runs three; compiling each alone took most of its
-    time). Each result is what ``rollout_tau_policy(task, params, policy, key, ...)`` gives."""
+    time). Each result is what ``rollout_tau_policy(task, params, policy, key, ...)`` gives.
+    The compiled program is kept for the last few (task, policies, params values, sizes), so
+    repeated calls that differ only in the keys compile once."""
     if len(policies) != len(keys) or not policies:
         raise ValueError(f"policies and keys must be non-empty and of equal length, got {len(policies)} and {len(keys)}")
     n_steps = task.horizon if n_steps is None else int(n_steps)
     if n_episodes % chunk:
         chunk = int(np.gcd(n_episodes, chunk))
+    run = _runner(task, params, tuple(policies), int(n_episodes), n_steps, int(chunk))
+    results = []
+    for which, key in enumerate(keys):
+        out = run(key, jnp.asarray(which, jnp.int32))
+        results.append({k: v.reshape((n_episodes, n_steps)) for k, v in out.items()})
+    return results
+
+
+# (task, policies, params' values, sizes) -> the jitted rollout: repeated calls with the same
+# ones (16 runs of a heuristic in experiments/nv_heuristics_compare) compile once.
+_RUNNERS: OrderedDict = OrderedDict()
+_RUNNERS_MAX = 8
+
+
+def _values_key(tree) -> tuple | None:
+    """A hashable key of a pytree's structure and leaf values; None if a leaf is traced."""
+    try:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        return (treedef, tuple((a.shape, a.dtype.str, a.tobytes()) for a in map(np.asarray, leaves)))
+    except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _runner(task, params, policies: tuple, n_episodes: int, n_steps: int, chunk: int) -> Callable:
+    values = _values_key(params)
+    key = None if values is None else (task, policies, values, n_episodes, n_steps, chunk)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable policy or task: compile for this call only
+        key = None
+    if key is not None and key in _RUNNERS:
+        _RUNNERS.move_to_end(key)
+        return _RUNNERS[key]
     cache = task.precompute(params)
     inv_t2 = None if task.unknown_t2 else params.inv_t2
     branches = [lambda k, pf, p=p: p(k, pf, inv_t2) for p in policies]
@@ -105,11 +141,11 @@ def rollout_tau_policies(task, params, policies: Sequence[Callable], keys: Seque
     ids = jnp.arange(n_episodes).reshape(-1, chunk)
     run = jax.jit(lambda key, which: jax.lax.map(
         lambda c: jax.vmap(lambda i: episode(jax.random.fold_in(key, i), which))(c), ids))
-    results = []
-    for which, key in enumerate(keys):
-        out = run(key, jnp.asarray(which, jnp.int32))
-        results.append({k: v.reshape((n_episodes, n_steps)) for k, v in out.items()})
-    return results
+    if key is not None:
+        _RUNNERS[key] = run
+        while len(_RUNNERS) > _RUNNERS_MAX:
+            _RUNNERS.popitem(last=False)
+    return run
 
 
 def bootstrap_mean_ci(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:

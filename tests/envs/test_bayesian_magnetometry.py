@@ -174,6 +174,28 @@ def test_several_policies_from_one_program_equal_each_alone():
     with pytest.raises(ValueError, match="policies and keys"):
         rollout_tau_policies(task, params, policies, keys[:1], 32)
 
+
+def test_rollout_compiles_once_per_task_policy_and_params_values():
+    # the jitted rollout is kept per (task, policies, params values, sizes): a new key reuses
+    # it (no retrace), new params values get their own program (a stale one would repeat r1)
+    traces = []
+
+    def counted(key, pf, inv_t2=None):
+        traces.append(1)
+        return sigma_inverse_tau(key, pf, inv_t2)
+
+    task = BayesianMagnetometry(n_measurements=4, n_particles=32)
+    params = task.default_params()
+    r1 = rollout_tau_policy(task, params, counted, jax.random.PRNGKey(0), 16)
+    n = len(traces)
+    assert n >= 1
+    r2 = rollout_tau_policy(task, params, counted, jax.random.PRNGKey(1), 16)
+    assert len(traces) == n and not np.array_equal(np.asarray(r1["se"]), np.asarray(r2["se"]))
+    r3 = rollout_tau_policy(task, params.replace(inv_t2=0.1), counted, jax.random.PRNGKey(0), 16)
+    assert len(traces) > n and not np.array_equal(np.asarray(r1["se"]), np.asarray(r3["se"]))
+    again = rollout_tau_policy(task, params, counted, jax.random.PRNGKey(0), 16)
+    np.testing.assert_array_equal(np.asarray(again["se"]), np.asarray(r1["se"]))
+
 @pytest.mark.parametrize(
     "kwargs,exc,name",
     [
