@@ -1,0 +1,191 @@
+"""NV-DC-24: the NN's starting policy, ours against qsensoropt's, and what 256 Adam steps do to it.
+
+Why (session 20): with the spec's rate 1e-3, qsensoropt's trained NN reduced the error faster
+than ours over the first ~10 measurements (35 seeds a side, docs/results/nv-dc-24: median
+MSE(5) 3.6e-2 against 5.9e-2, Mann-Whitney p = 0.004), while MSE(24) was alike. This script
+asks whether the starting networks already differ. For each seed it builds both libraries'
+preconditioned networks (the NN as ``train`` has it before its first Adam step: Glorot
+initialisation, then the 12-epoch fit of o_0 to the resource ramp), and evaluates every one of
+them with OUR core on the SAME evaluation episodes (one compiled program, fixed keys), so the two
+columns differ only by the network. With ``--trained`` it also prints, for the same seeds, the
+MSE of the networks the side-by-side runs trained from these starts.
+
+Two stages, two interpreters (qsensoropt needs its own venv, experiments/qsensoropt_venv.sh):
+
+    .venv-qsensoropt/bin/python experiments/nv_start_compare.py tf --seeds 0 35 --out D
+    .venv/bin/python -m qsmgym.experiments.nv_start_compare ours --seeds 0 35 --out D \\
+        --trained docs/results/nv-dc-24/summary.json docs/results/nv-dc-24/nn-seeds*/summary.json
+
+The ``tf`` stage writes D/q{seed}.npz (Keras-order kernel, bias arrays w0, w1, ...; no pickle).
+The ``ours`` stage writes D/summary.json (per seed and side: MSE(n), the preconditioning fit's
+MSE on fresh inputs) and prints the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EVAL_KEY = 5  # PRNGKey of the evaluation episodes (the same for every network)
+FIT_KEY = 99  # PRNGKey of the fresh inputs the preconditioning fit is scored on
+REPORT_N = (1, 3, 5, 8, 10, 15, 20, 24)
+
+
+def _tf_stage(seeds: range, out: Path) -> None:
+    import tensorflow as tf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import qsensoropt_nv_dc as Q  # the builders of the side-by-side runs
+
+    for seed in seeds:
+        tf.keras.utils.set_random_seed(seed)  # as qsensoropt_nv_dc.py's main does
+        net = Q._make_trainable("nn")
+        np.savez(out / f"q{seed}.npz", **{f"w{i}": np.asarray(w, np.float32) for i, w in enumerate(net.get_weights())})
+        print(f"tf: seed {seed} -> {out / f'q{seed}.npz'}", flush=True)
+
+
+def evaluator(n_episodes: int, chunk: int = 1024):
+    """(setup pieces, evaluate(policy_params) -> MSE(n) over fixed episodes): one compiled
+    program for every network (``model_aware_pf.evaluate`` compiles one per call)."""
+    import jax
+    import jax.numpy as jnp
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+
+    task = BayesianMagnetometry()
+    params = task.default_params()
+    config = mapf.ModelAwarePFConfig(policy="nn", dtype="float32")  # the side-by-side's NN arm
+    setup = mapf._Setup(config, task, params)
+    chunk = int(np.gcd(n_episodes, chunk))
+    key = jax.random.PRNGKey(EVAL_KEY)
+    ids = jnp.arange(n_episodes).reshape(-1, chunk)
+
+    @jax.jit
+    def mse_n(policy_params):
+        se = jax.lax.map(lambda i: setup.batch(policy_params, jax.vmap(lambda j: jax.random.fold_in(key, j))(i))["se"], ids)
+        return jnp.mean(se.reshape(n_episodes, -1), axis=0)
+
+    return config, task, params, setup, mse_n
+
+
+def _ours_stage(seeds: range, out: Path, n_episodes: int, trained: list[str]) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.experiments.nv_gradient_compare import _our_setup
+
+    config, task, params, setup, mse_n = evaluator(n_episodes)
+    hyper = mapf.default_hyper("nn")
+    precondition = jax.jit(lambda k: mapf.precondition(config, task, params, k, hyper)[0])
+    x = jax.random.uniform(jax.random.PRNGKey(FIT_KEY), (16384, setup.n_features), jnp.float32, -1.0, 1.0)
+    fit = jax.jit(lambda p: jnp.mean((jax.vmap(lambda xi: setup.network.apply(p, xi))(x)[:, 0] - (x[:, -1] + 1) / 2) ** 2))
+    rows = []
+    for seed in seeds:
+        weights = out / f"q{seed}.npz"
+        if not weights.exists():
+            raise FileNotFoundError(f"{weights} is missing: run the tf stage for seed {seed} first")
+        k_init = jax.random.split(jax.random.PRNGKey(seed))[0]  # make_train's split of the seed
+        _, to_params, _, w0 = _our_setup(weights)
+        for side, p in (("ours", precondition(k_init)), ("qsensoropt", to_params(w0))):
+            rows.append({"seed": seed, "side": side, "fit_mse": float(fit(p)),
+                         "mse_n": [float(v) for v in np.asarray(mse_n(p))]})
+        print(f"seed {seed}: MSE(5) ours {rows[-2]['mse_n'][4]:.3e} qsensoropt {rows[-1]['mse_n'][4]:.3e}; "
+              f"MSE(24) {rows[-2]['mse_n'][-1]:.3e} {rows[-1]['mse_n'][-1]:.3e}", flush=True)
+    summary = {"n_episodes": n_episodes, "eval_key": EVAL_KEY, "rows": rows,
+               "comparison": compare(rows), "trained": trained_mse(trained, [s for s in seeds])}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print_report(summary)
+    return summary
+
+
+def compare(rows: list[dict]) -> dict:
+    """Per n: each side's mean and median over seeds and the Mann-Whitney p (two-sided)."""
+    from scipy.stats import mannwhitneyu
+
+    sides = {s: np.array([r["mse_n"] for r in rows if r["side"] == s]) for s in ("ours", "qsensoropt")}
+    fits = {s: np.array([r["fit_mse"] for r in rows if r["side"] == s]) for s in ("ours", "qsensoropt")}
+    if any(len(v) == 0 for v in sides.values()):
+        raise ValueError("rows must hold both sides, 'ours' and 'qsensoropt'")
+    out = {"fit_mse": {s: float(v.mean()) for s, v in fits.items()}, "per_n": {}}
+    for n in range(1, sides["ours"].shape[1] + 1):
+        a, b = sides["ours"][:, n - 1], sides["qsensoropt"][:, n - 1]
+        p = 1.0 if np.array_equal(np.sort(a), np.sort(b)) else float(mannwhitneyu(a, b).pvalue)
+        out["per_n"][str(n)] = {"ours_mean": float(a.mean()), "ours_median": float(np.median(a)),
+                                "qsensoropt_mean": float(b.mean()), "qsensoropt_median": float(np.median(b)),
+                                "mann_whitney_p": p}
+    return out
+
+
+def trained_mse(paths: list[str], seeds: list[int]) -> dict:
+    """Side-by-side summary.json files -> {"ours nn" / "qsensoropt nn": MSE(n) per seed} for
+    ``seeds`` (the first record of a seed wins; other learning rates than 1e-3 are skipped)."""
+    found: dict[str, dict[int, list]] = {"ours nn": {}, "qsensoropt nn": {}}
+    for pattern in paths:
+        for path in sorted(glob.glob(pattern)) or [pattern]:
+            records = json.loads(Path(path).read_text())["records"]
+            for arm in found:
+                for r in records.get(arm, []):
+                    if r["seed"] in seeds and r.get("learning_rate") in (None, 1e-3) and r["seed"] not in found[arm]:
+                        found[arm][r["seed"]] = r["mse_n"]
+    return {arm: {str(s): v for s, v in sorted(d.items())} for arm, d in found.items()}
+
+
+def print_report(summary: dict) -> None:
+    c = summary["comparison"]
+    seeds = sorted({r["seed"] for r in summary["rows"]})
+    print(f"\nStarting (preconditioned) NN, {len(seeds)} seeds a side, {summary['n_episodes']} shared "
+          f"evaluation episodes; preconditioning fit MSE: ours {c['fit_mse']['ours']:.2e}, "
+          f"qsensoropt {c['fit_mse']['qsensoropt']:.2e}")
+    trained = summary.get("trained") or {}
+    head = f"{'n':>3s}  {'ours mean':>10s} {'median':>10s}  {'qsopt mean':>10s} {'median':>10s}  {'MW p':>5s}"
+    if trained.get("ours nn") and trained.get("qsensoropt nn"):
+        head += f"   trained at 1e-3, median: {'ours':>9s} {'qsopt':>9s} {'MW p':>5s}"
+    print(head)
+    for n in REPORT_N:
+        row = c["per_n"].get(str(n))
+        if row is None:
+            continue
+        line = (f"{n:3d}  {row['ours_mean']:10.3e} {row['ours_median']:10.3e}  {row['qsensoropt_mean']:10.3e} "
+                f"{row['qsensoropt_median']:10.3e}  {row['mann_whitney_p']:5.2f}")
+        if trained.get("ours nn") and trained.get("qsensoropt nn"):
+            from scipy.stats import mannwhitneyu
+
+            a = np.array([v[n - 1] for v in trained["ours nn"].values()])
+            b = np.array([v[n - 1] for v in trained["qsensoropt nn"].values()])
+            line += (f"   {'':25s}{np.median(a):9.3e} {np.median(b):9.3e} {mannwhitneyu(a, b).pvalue:5.3f}"
+                     f" ({len(a)}, {len(b)} seeds)")
+        print(line)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("tf", "ours"))
+    parser.add_argument("--seeds", type=int, nargs=2, default=(0, 35), metavar=("FIRST", "STOP"),
+                        help="seeds FIRST..STOP-1 (default 0 35)")
+    parser.add_argument("--episodes", type=int, default=4096, help="shared evaluation episodes (ours stage)")
+    parser.add_argument("--trained", nargs="*", default=[],
+                        help="side-by-side summary.json files (globs) with the trained runs of these seeds")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    first, stop = args.seeds
+    if not 0 <= first < stop:
+        parser.error(f"--seeds must be 0 <= FIRST < STOP, got {first} {stop}")
+    if args.episodes < 1:
+        parser.error(f"--episodes must be positive, got {args.episodes}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.stage == "tf":
+        _tf_stage(range(first, stop), args.out)
+    else:
+        _ours_stage(range(first, stop), args.out, args.episodes, args.trained)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""experiments/nv_start_compare.py: the per-n comparison, the trained records it picks, and one
+tiny run of the ours stage on weights written in Keras order (qsensoropt's format)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from qsmgym.experiments import nv_start_compare as sc
+
+
+def _rows(ours, theirs):
+    return ([{"seed": i, "side": "ours", "fit_mse": 2e-3, "mse_n": list(v)} for i, v in enumerate(ours)]
+            + [{"seed": i, "side": "qsensoropt", "fit_mse": 3e-3, "mse_n": list(v)} for i, v in enumerate(theirs)])
+
+
+def test_compare_reports_means_medians_and_a_test_that_separates_shifted_sides():
+    rng = np.random.default_rng(0)
+    a = rng.lognormal(-3, 0.2, (20, 3))
+    same = sc.compare(_rows(a, a))
+    assert all(row["mann_whitney_p"] == 1.0 for row in same["per_n"].values())
+    c = sc.compare(_rows(a, a * 1.5))
+    assert c["per_n"]["2"]["ours_mean"] == pytest.approx(a[:, 1].mean(), rel=1e-12)
+    assert c["per_n"]["2"]["qsensoropt_median"] == pytest.approx(np.median(a[:, 1] * 1.5), rel=1e-12)
+    assert all(row["mann_whitney_p"] < 1e-3 for row in c["per_n"].values())
+    assert c["fit_mse"] == {"ours": pytest.approx(2e-3), "qsensoropt": pytest.approx(3e-3)}
+    with pytest.raises(ValueError, match="both sides"):
+        sc.compare(_rows(a, [])[:20])
+
+
+def test_trained_mse_takes_the_seeds_asked_at_the_spec_rate(tmp_path):
+    rec = lambda seed, lr, v: {"seed": seed, "learning_rate": lr, "mse_n": [v]}  # noqa: E731
+    (tmp_path / "a.json").write_text(json.dumps({"records": {
+        "ours nn": [rec(0, 1e-3, 1.0), rec(1, 1e-4, 9.0), rec(2, 1e-3, 2.0)],
+        "qsensoropt nn": [rec(0, None, 3.0)]}}))
+    (tmp_path / "b.json").write_text(json.dumps({"records": {"ours nn": [rec(0, 1e-3, 5.0), rec(1, 1e-3, 4.0)]}}))
+    got = sc.trained_mse([str(tmp_path / "*.json")], [0, 1])
+    assert got == {"ours nn": {"0": [1.0], "1": [4.0]}, "qsensoropt nn": {"0": [3.0]}}
+
+
+def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys):
+    # "qsensoropt" weights written from our own preconditioned networks, in the Keras order the
+    # tf stage writes: both columns must then agree exactly (a wrong layer or kernel order would not)
+    from qsmgym.agents import model_aware_pf as mapf
+
+    config, task, params, setup, _ = sc.evaluator(8)
+    for seed in (0, 1):
+        k_init = jax.random.split(jax.random.PRNGKey(seed))[0]
+        p, _ = mapf.precondition(config, task, params, k_init, mapf.default_hyper("nn"))
+        names = sorted(p["params"], key=lambda s: int(s.split("_")[1]))
+        arrays = [np.asarray(p["params"][n][part], np.float32) for n in names for part in ("kernel", "bias")]
+        np.savez(tmp_path / f"q{seed}.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
+    summary = sc._ours_stage(range(0, 2), tmp_path, 8, [])
+    ours = [r for r in summary["rows"] if r["side"] == "ours"]
+    theirs = [r for r in summary["rows"] if r["side"] == "qsensoropt"]
+    assert [r["mse_n"] for r in ours] == [r["mse_n"] for r in theirs]
+    assert len(ours[0]["mse_n"]) == task.horizon and ours[0]["mse_n"] != ours[1]["mse_n"]
+    assert json.loads((tmp_path / "summary.json").read_text())["comparison"]["per_n"]["24"]["mann_whitney_p"] == 1.0
+    assert "Starting (preconditioned) NN, 2 seeds a side" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="tf stage"):
+        sc._ours_stage(range(5, 6), tmp_path, 8, [])
