@@ -43,20 +43,22 @@ def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys):
     # "qsensoropt" weights written from our own preconditioned networks, in the Keras order the
     # tf stage writes: both columns must then agree exactly (a wrong layer or kernel order would not)
     from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
 
-    config, task, params, setup, _ = sc.evaluator(8)
+    small = BayesianMagnetometry(n_measurements=4, n_particles=32)  # same 5 inputs, cheap to compile
+    config, task, params, setup, _ = sc.evaluator(8, task=small)
+    precondition = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])
     for seed in (0, 1):
-        k_init = jax.random.split(jax.random.PRNGKey(seed))[0]
-        p, _ = mapf.precondition(config, task, params, k_init, mapf.default_hyper("nn"))
+        p = precondition(jax.random.split(jax.random.PRNGKey(seed))[0])
         names = sorted(p["params"], key=lambda s: int(s.split("_")[1]))
         arrays = [np.asarray(p["params"][n][part], np.float32) for n in names for part in ("kernel", "bias")]
         np.savez(tmp_path / f"q{seed}.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
-    summary = sc._ours_stage(range(0, 2), tmp_path, 8, [])
+    summary = sc._ours_stage(range(0, 2), tmp_path, 8, [], task=small)
     ours = [r for r in summary["rows"] if r["side"] == "ours"]
     theirs = [r for r in summary["rows"] if r["side"] == "qsensoropt"]
     assert [r["mse_n"] for r in ours] == [r["mse_n"] for r in theirs]
     assert len(ours[0]["mse_n"]) == task.horizon and ours[0]["mse_n"] != ours[1]["mse_n"]
-    assert json.loads((tmp_path / "summary.json").read_text())["comparison"]["per_n"]["24"]["mann_whitney_p"] == 1.0
+    assert json.loads((tmp_path / "summary.json").read_text())["comparison"]["per_n"]["4"]["mann_whitney_p"] == 1.0
     assert "Starting (preconditioned) NN, 2 seeds a side" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="tf stage"):
-        sc._ours_stage(range(5, 6), tmp_path, 8, [])
+        sc._ours_stage(range(5, 6), tmp_path, 8, [], task=small)
