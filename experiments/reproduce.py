@@ -376,7 +376,8 @@ def _qsensoropt_heuristic_runs() -> dict[str, dict]:
     """qsensoropt 1.1.0's own sigma^-1 / PGH MSE(20) at the spec's settings, as recorded by
     experiments/nv_heuristics_compare.py (mean over runs, its standard error, runs); {} if the
     record is absent."""
-    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "nv-dc-24" / "heuristics" / "summary.json"
+    from qsmgym.experiments.nv_heuristics_compare import RECORDED_SUMMARY as path
+
     if not path.exists():
         return {}
     results = json.loads(path.read_text())["results"]

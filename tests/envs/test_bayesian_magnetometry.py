@@ -7,7 +7,6 @@ The contract (both checkers, shell/vector/core parity, jit/vmap) is in tests/env
 
 import functools
 import json
-from pathlib import Path
 
 import gymnasium as gym
 import jax
@@ -24,6 +23,7 @@ from qsmgym.envs.bayesian_magnetometry import (
     fisher_information,
     ramsey_probability,
 )
+from qsmgym.experiments.nv_heuristics_compare import RECORDED_SUMMARY
 
 ID = "qsm/BayesianMagnetometry-v0"
 
@@ -231,7 +231,6 @@ def test_bad_actions(action):
         env.step(action)
 
 
-HEURISTICS_RUNS = Path(__file__).resolve().parents[2] / "docs" / "results" / "nv-dc-24" / "heuristics" / "summary.json"
 
 PGH_PUBLISHED_XFAIL = pytest.mark.xfail(
     strict=True,
@@ -261,7 +260,7 @@ def test_heuristics_agree_with_qsensoropt_run_here(policy_name, policy):
     # experiments/qsensoropt_nv_dc.py --mode pgh|sigma, qsensoropt 1.1.0, float32); its standard
     # error is the run-to-run sd / sqrt(R). Ours: 16,384 fresh episodes, sd / sqrt(16,384).
     # Criterion: the two-sample z-test at 95 % at n = 20 and n = 24, plus the spec's +-20 %.
-    runs = json.loads(HEURISTICS_RUNS.read_text())["records"]["qsensoropt"][policy_name]
+    runs = json.loads(RECORDED_SUMMARY.read_text())["records"]["qsensoropt"][policy_name]
     mode = {"sigma_inverse": "sigma", "pgh": "pgh"}[policy_name]  # qsensoropt_nv_dc.py's --mode
     assert len(runs) >= 4 and all(r["n_eval"] == 16384 and r["mode"] == mode for r in runs)
     se = _our_heuristic_se(policy)
