@@ -55,8 +55,12 @@ def test_every_registered_id_has_a_cli_agent():
 def runs(tmp_path_factory):
     """env id -> (completed process, its output folder); all ids, two processes at a time."""
 
+    # the folders are made here, before the threads: tmp_path_factory creates its base folder on
+    # first use, and two threads doing that at once raced (FileExistsError on popen-gw1, session 20)
+    outs = {env_id: tmp_path_factory.mktemp(env_id.split("/")[1]) for env_id in sorted(TASKS)}
+
     def one(env_id):
-        out = tmp_path_factory.mktemp(env_id.split("/")[1])
+        out = outs[env_id]
         cmd = [sys.executable, "-c", SCRIPT, str(out), "--env", env_id, "--agent", AGENT_FOR[env_id],
                *ENV_SET.get(env_id, [])]
         return env_id, (subprocess.run(cmd, capture_output=True, text=True, timeout=900), out)
