@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Any
 
@@ -202,7 +203,6 @@ class GymnasiumEnv(gym.Env):
         self.cache = task.precompute(self.params)
         self.observation_space = task.observation_space(self.params)
         self.action_space = task.action_space(self.params)
-        self._reference = None
         self._jit_reset, self._jit_step = jit_reset, jit_step
         self._key = None
         self._subkeys = None
@@ -211,12 +211,10 @@ class GymnasiumEnv(gym.Env):
         self._done = False
         self._unpack = None
 
-    @property
+    @functools.cached_property
     def reference(self) -> dict[str, float]:
         """The task's physical limit and baselines (see the class docstring)."""
-        if self._reference is None:
-            self._reference = self.task.references(self.params, cache=self.cache)
-        return self._reference
+        return self.task.references(self.params, cache=self.cache)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

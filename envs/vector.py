@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gymnasium as gym
@@ -83,18 +84,15 @@ class JaxVectorEnv(gym.vector.VectorEnv):
         self.single_action_space = task.action_space(self.params)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._reference = None  # computed on first access, as the Gymnasium shell's
         self._jit_reset, self._jit_step = _batched_fns(task)
         self._keys = None
         self._states = None
         self._needs_reset = None
 
-    @property
+    @functools.cached_property
     def reference(self) -> dict[str, float]:
         """The task's physical limit and baselines (``task.references(params)``)."""
-        if self._reference is None:
-            self._reference = self.task.references(self.params, cache=self.cache)
-        return self._reference
+        return self.task.references(self.params, cache=self.cache)
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         super().reset(seed=seed if isinstance(seed, (int, type(None))) else None)
