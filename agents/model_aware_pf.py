@@ -69,6 +69,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from qsmgym.agents._programs import ProgramCache, values_key
 from qsmgym.agents.particle_filter import (
     ParticleFilter,
     ResampleNoise,
@@ -525,23 +526,37 @@ def make_train(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: A
     return train
 
 
+# (config, task, params' values, sizes) -> the jitted evaluation: evaluating many networks (one per
+# trained seed) under the same settings compiles once; the policy params and key are arguments.
+_EVALUATORS = ProgramCache(8)
+
+
 def evaluate(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any, policy_params: Any,
              key: jax.Array, n_episodes: int, *, chunk: int = 1024) -> dict[str, np.ndarray]:
     """Run the policy on ``n_episodes`` fresh episodes (episode i uses fold_in(key, i); vmapped
     in chunks of ``chunk`` under lax.map). Returns numpy arrays (n_episodes, n_steps): "se",
-    "tau", "phase", "active". MSE(n) = out["se"].mean(0)."""
+    "tau", "phase", "active". MSE(n) = out["se"].mean(0). The compiled program is kept per
+    (config, task, params values, n_episodes, chunk), so another network or key reuses it."""
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, (int, np.integer)) or n_episodes < 1:
         raise ValueError(f"n_episodes must be a positive int, got n_episodes={n_episodes!r}")
-    setup = _Setup(config, task, params)
     chunk = int(np.gcd(int(n_episodes), int(chunk)))
+    values = values_key(params)
+    cache_key = None if values is None else (config, task, values, int(n_episodes), chunk)
+    run = _EVALUATORS.get(cache_key, lambda: _build_evaluator(config, task, params, int(n_episodes), chunk))
+    out = run(policy_params, key)
+    return {k: np.asarray(v).reshape(n_episodes, -1) for k, v in out.items()}
+
+
+def _build_evaluator(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any, n_episodes: int,
+                     chunk: int) -> Callable:
+    setup = _Setup(config, task, params)
     ids = jnp.arange(n_episodes).reshape(-1, chunk)
 
-    def run(policy_params, ids):
+    def run(policy_params, key):
         def chunk_of(i):
             out = setup.batch(policy_params, jax.vmap(lambda j: jax.random.fold_in(key, j))(i))
             return {k: out[k] for k in ("se", "tau", "phase", "active")}
 
         return jax.lax.map(chunk_of, ids)
 
-    out = jax.jit(run, compiler_options=compiler_options())(policy_params, ids)
-    return {k: np.asarray(v).reshape(n_episodes, -1) for k, v in out.items()}
+    return jax.jit(run, compiler_options=compiler_options())

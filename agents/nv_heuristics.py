@@ -16,13 +16,13 @@ in one jit, and returns the squared error and posterior variance after every mea
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qsmgym.agents._programs import ProgramCache, values_key
 from qsmgym.agents.particle_filter import ParticleFilter, _draw_indices, mean_cov
 
 POLICIES = ("sigma_inverse", "pgh", "constant")
@@ -96,29 +96,16 @@ def rollout_tau_policies(task, params, policies: Sequence[Callable], keys: Seque
 
 # (task, policies, params' values, sizes) -> the jitted rollout: repeated calls with the same
 # ones (16 runs of a heuristic in experiments/nv_heuristics_compare) compile once.
-_RUNNERS: OrderedDict = OrderedDict()
-_RUNNERS_MAX = 8
-
-
-def _values_key(tree) -> tuple | None:
-    """A hashable key of a pytree's structure and leaf values; None if a leaf is traced."""
-    try:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        return (treedef, tuple((a.shape, a.dtype.str, a.tobytes()) for a in map(np.asarray, leaves)))
-    except (TypeError, jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
+_RUNNERS = ProgramCache(8)
 
 
 def _runner(task, params, policies: tuple, n_episodes: int, n_steps: int, chunk: int) -> Callable:
-    values = _values_key(params)
+    values = values_key(params)
     key = None if values is None else (task, policies, values, n_episodes, n_steps, chunk)
-    try:
-        hash(key)
-    except TypeError:  # an unhashable policy or task: compile for this call only
-        key = None
-    if key is not None and key in _RUNNERS:
-        _RUNNERS.move_to_end(key)
-        return _RUNNERS[key]
+    return _RUNNERS.get(key, lambda: _build_runner(task, params, policies, n_episodes, n_steps, chunk))
+
+
+def _build_runner(task, params, policies: tuple, n_episodes: int, n_steps: int, chunk: int) -> Callable:
     cache = task.precompute(params)
     inv_t2 = None if task.unknown_t2 else params.inv_t2
     branches = [lambda k, pf, p=p: p(k, pf, inv_t2) for p in policies]
@@ -139,13 +126,8 @@ def _runner(task, params, policies: tuple, n_episodes: int, n_steps: int, chunk:
         return out
 
     ids = jnp.arange(n_episodes).reshape(-1, chunk)
-    run = jax.jit(lambda key, which: jax.lax.map(
+    return jax.jit(lambda key, which: jax.lax.map(
         lambda c: jax.vmap(lambda i: episode(jax.random.fold_in(key, i), which))(c), ids))
-    if key is not None:
-        _RUNNERS[key] = run
-        while len(_RUNNERS) > _RUNNERS_MAX:
-            _RUNNERS.popitem(last=False)
-    return run
 
 
 def bootstrap_mean_ci(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:

@@ -50,11 +50,10 @@ def _tf_stage(seeds: range, out: Path) -> None:
 
 
 def evaluator(n_episodes: int, chunk: int = 1024, task=None):
-    """(setup pieces, evaluate(policy_params) -> MSE(n) over fixed episodes): one compiled
-    program for every network (``model_aware_pf.evaluate`` compiles one per call). ``task``:
-    NV-DC-24's BayesianMagnetometry() unless given (the tests pass a small one)."""
+    """(setup pieces, mse_n(policy_params) -> MSE(n) over fixed episodes, the same for every
+    network: ``model_aware_pf.evaluate`` with key EVAL_KEY, compiled once). ``task``: NV-DC-24's
+    BayesianMagnetometry() unless given (the tests pass a small one)."""
     import jax
-    import jax.numpy as jnp
 
     from qsmgym.agents import model_aware_pf as mapf
     from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
@@ -63,14 +62,10 @@ def evaluator(n_episodes: int, chunk: int = 1024, task=None):
     params = task.default_params()
     config = mapf.ModelAwarePFConfig(policy="nn", dtype="float32")  # the side-by-side's NN arm
     setup = mapf._Setup(config, task, params)
-    chunk = int(np.gcd(n_episodes, chunk))
-    key = jax.random.PRNGKey(EVAL_KEY)
-    ids = jnp.arange(n_episodes).reshape(-1, chunk)
 
-    @jax.jit
     def mse_n(policy_params):
-        se = jax.lax.map(lambda i: setup.batch(policy_params, jax.vmap(lambda j: jax.random.fold_in(key, j))(i))["se"], ids)
-        return jnp.mean(se.reshape(n_episodes, -1), axis=0)
+        return mapf.evaluate(config, task, params, policy_params, jax.random.PRNGKey(EVAL_KEY), n_episodes,
+                             chunk=chunk)["se"].mean(axis=0, dtype=np.float64)
 
     return config, task, params, setup, mse_n
 

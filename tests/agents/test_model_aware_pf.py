@@ -56,6 +56,34 @@ def test_static_sequence_starts_at_the_spec_taus():
     np.testing.assert_allclose(out["tau"][0], 30 * np.arange(24) / 24 + 1, rtol=1e-6)  # float32
 
 
+def test_evaluate_compiles_once_per_settings(monkeypatch):
+    # the program is kept per (config, task, params values, sizes): another network or key reuses
+    # it (no retrace) and gives its own result; new params values get their own program
+    traces = []
+    batch = mapf._Setup.batch
+
+    def counted(self, policy_params, keys):
+        traces.append(1)
+        return batch(self, policy_params, keys)
+
+    monkeypatch.setattr(mapf._Setup, "batch", counted)
+    task = BayesianMagnetometry(n_measurements=3, n_particles=16)
+    params = task.default_params()
+    config = mapf.ModelAwarePFConfig(policy="static")
+    init, _ = mapf.make_loss(config, task, params)
+    p0, p1 = init(jax.random.PRNGKey(0)), jax.tree_util.tree_map(lambda a: a * 0.5, init(jax.random.PRNGKey(0)))
+    r0 = mapf.evaluate(config, task, params, p0, jax.random.PRNGKey(1), 8)
+    n = len(traces)
+    assert n >= 1
+    r1 = mapf.evaluate(config, task, params, p1, jax.random.PRNGKey(1), 8)
+    r2 = mapf.evaluate(config, task, params, p0, jax.random.PRNGKey(2), 8)
+    assert len(traces) == n
+    assert not np.array_equal(r0["tau"], r1["tau"]) and not np.array_equal(r0["se"], r2["se"])
+    r3 = mapf.evaluate(config, task, params.replace(inv_t2=0.1), p0, jax.random.PRNGKey(1), 8)
+    assert len(traces) > n and not np.array_equal(r0["se"], r3["se"])
+    np.testing.assert_array_equal(mapf.evaluate(config, task, params, p0, jax.random.PRNGKey(1), 8)["se"], r0["se"])
+
+
 def _fixed_draw_loss(task, policy, **kwargs):
     config = mapf.ModelAwarePFConfig(policy=policy, batch=4, score_function=False, dtype="float64",
                                      hidden=8, layers=2, **kwargs)
