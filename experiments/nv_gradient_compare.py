@@ -152,6 +152,33 @@ def _train_ours_stage(seed: int, out: Path) -> None:
           f"wrote {out / 'ours_weights.npz'}")
 
 
+def second_moments(ga: np.ndarray, gb: np.ndarray, n_boot: int = 500, seed: int = 0) -> dict:
+    """What Adam divides by: per parameter, the rms of the batch gradients (sqrt of E[g^2], Adam's
+    v), for tf (``ga``, batches x parameters) and ours (``gb``). Reports the median over
+    parameters of rms_ours / rms_tf with a bootstrap over batches, the median |mean| / rms per
+    side (how far Adam's normalised step points along the mean gradient), and the batch-gradient
+    norm's median and 99th percentile per side."""
+    rng = np.random.default_rng(seed)
+
+    def rms(g):
+        return np.sqrt((g.astype(np.float64) ** 2).mean(0)) + 1e-30
+
+    ratio = rms(gb) / rms(ga)
+    boot = [np.median(rms(gb[rng.integers(0, len(gb), len(gb))]) / rms(ga[rng.integers(0, len(ga), len(ga))]))
+            for _ in range(n_boot)]
+    norms = {side: np.linalg.norm(g.astype(np.float64), axis=1) for side, g in (("tf", ga), ("ours", gb))}
+    return {
+        "rms_ratio_median": float(np.median(ratio)),
+        "rms_ratio_q25": float(np.quantile(ratio, 0.25)),
+        "rms_ratio_q75": float(np.quantile(ratio, 0.75)),
+        "rms_ratio_median_ci": tuple(float(q) for q in np.quantile(boot, [0.025, 0.975])),
+        "snr_median_tf": float(np.median(np.abs(ga.mean(0)) / rms(ga))),
+        "snr_median_ours": float(np.median(np.abs(gb.mean(0)) / rms(gb))),
+        "norm_q_tf": tuple(float(q) for q in np.quantile(norms["tf"], [0.5, 0.99])),
+        "norm_q_ours": tuple(float(q) for q in np.quantile(norms["ours"], [0.5, 0.99])),
+    }
+
+
 def _compare_stage(out: Path, sign_steps: int, lr: float) -> dict:
     a, b = np.load(out / "tf.npz", allow_pickle=True), np.load(out / "ours.npz")
     ga, gb = a["grads"], b["grads"]
@@ -173,6 +200,14 @@ def _compare_stage(out: Path, sign_steps: int, lr: float) -> dict:
     print(f"mean gradient: |ours| / |tf| = {report['norm_ratio_ours_over_tf']:.3f}, cosine {report['cosine']:.3f}; "
           f"per-parameter z: {100 * report['frac_abs_z_gt_3']:.2f}% beyond 3, rms {report['rms_z']:.2f} "
           f"({report['n_params']} parameters)")
+    report.update(second_moments(ga, gb))
+    print(f"Adam's scale, per-parameter rms of the batch gradients: ours / tf median "
+          f"{report['rms_ratio_median']:.3f} (quartiles {report['rms_ratio_q25']:.3f}, {report['rms_ratio_q75']:.3f}; "
+          f"bootstrap 95% of the median {report['rms_ratio_median_ci'][0]:.3f}-{report['rms_ratio_median_ci'][1]:.3f})")
+    print(f"mean / rms per parameter (Adam's step along the mean, in units of the rate): median |.| "
+          f"tf {report['snr_median_tf']:.3f}, ours {report['snr_median_ours']:.3f}; batch-gradient norm "
+          f"median / 99th pct: tf {report['norm_q_tf'][0]:.1f} / {report['norm_q_tf'][1]:.1f}, "
+          f"ours {report['norm_q_ours'][0]:.1f} / {report['norm_q_ours'][1]:.1f}")
     if sign_steps:
         import jax
 

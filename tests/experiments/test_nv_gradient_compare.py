@@ -50,3 +50,20 @@ def test_load_weights_reads_plain_arrays_without_pickle_and_the_tf_stage_format(
     np.savez(tmp_path / "tf.npz", weights=np.array(arrays, dtype=object))
     got = load_weights(tmp_path / "tf.npz")
     assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, arrays))
+
+
+def test_second_moments_see_a_noisier_estimator_with_the_same_mean():
+    # same mean gradient, ours with twice the per-batch noise: Adam's denominator (rms) is larger
+    # for ours, so its normalised step along the mean is smaller. mean ~ N(0, 1), noise sd 1 vs 2:
+    # rms^2 = mean^2 + sd^2, so the median rms ratio is ~sqrt((1 + 4) / (1 + 1)) ~ 1.5-1.6
+    rng = np.random.default_rng(1)
+    mean = rng.normal(size=400)
+    tf = mean + rng.normal(size=(256, 400))
+    ours = mean + 2 * rng.normal(size=(256, 400))
+    r = gc.second_moments(tf, ours, n_boot=200)
+    assert 1.35 < r["rms_ratio_median"] < 1.85
+    assert r["rms_ratio_median_ci"][0] > 1.2 and r["rms_ratio_median_ci"][0] < r["rms_ratio_median"] < r["rms_ratio_median_ci"][1]
+    assert r["snr_median_ours"] < r["snr_median_tf"]
+    same = gc.second_moments(tf, mean + rng.normal(size=(256, 400)), n_boot=200)
+    assert same["rms_ratio_median_ci"][0] < 1 < same["rms_ratio_median_ci"][1]
+    assert r["norm_q_ours"][0] > 1.3 * r["norm_q_tf"][0]
