@@ -19,6 +19,13 @@ Two stages, two interpreters (qsensoropt needs its own venv, experiments/qsensor
 The ``tf`` stage writes D/q{seed}.npz (Keras-order kernel, bias arrays w0, w1, ...; no pickle).
 The ``ours`` stage writes D/summary.json (per seed and side: MSE(n), the preconditioning fit's
 MSE on fresh inputs) and prints the comparison.
+
+Stage ``trained`` (session 21) asks the other half: are qsensoropt's TRAINED networks as good in
+our core as qsensoropt's own evaluation says? Per seed, after
+``.venv-qsensoropt/bin/python experiments/qsensoropt_nv_dc.py --mode nn --seed S --out D/qsS.json
+--save-weights D/qS.npz``:
+
+    .venv/bin/python -m qsmgym.experiments.nv_start_compare trained --seeds 0 4 --episodes 16384 --out D
 """
 
 from __future__ import annotations
@@ -162,12 +169,54 @@ def print_report(summary: dict) -> None:
         print(line)
 
 
+def _trained_stage(seeds: range, out: Path, n_episodes: int, task=None) -> dict:
+    """qsensoropt's TRAINED networks (D/q{seed}.npz from ``qsensoropt_nv_dc.py --save-weights``)
+    evaluated in our core, against qsensoropt's own evaluation of the same network (the run's
+    D/qs{seed}.json). Equal MSE(n) within the Monte Carlo error says the two evaluations agree
+    for NN policies too (the heuristics were checked per n before); a gap would put the NN
+    difference at small n in the evaluation, not the training.
+
+    Error bars: our core gives each episode's squared error, so SE(n) = sd(se_n)/sqrt(N). The run's
+    JSON keeps qsensoropt's per-episode errors only for n = 24; the same network and episode law
+    have the same spread, so the difference's SE is taken as sqrt(SE_ours^2 + SE_ours^2 N/N_q)."""
+    import jax
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.experiments.nv_gradient_compare import _our_setup
+
+    config, task, params, _, _ = evaluator(n_episodes, task=task)
+    rows = []
+    for seed in seeds:
+        weights, record = out / f"q{seed}.npz", out / f"qs{seed}.json"
+        for path in (weights, record):
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run qsensoropt_nv_dc.py --mode nn --seed {seed} "
+                                        f"--out {record} --save-weights {weights} first")
+        _, to_params, _, w0 = _our_setup(weights)
+        se = mapf.evaluate(config, task, params, to_params(w0), jax.random.PRNGKey(EVAL_KEY), n_episodes)["se"]
+        theirs = json.loads(record.read_text())
+        q = np.asarray(theirs["mse_n"], np.float64)
+        ours = se.mean(axis=0, dtype=np.float64)
+        sd = se.std(axis=0, ddof=1, dtype=np.float64) / np.sqrt(n_episodes)
+        diff_se = np.sqrt(sd**2 * (1 + n_episodes / theirs["n_eval"]))
+        z = (ours - q) / diff_se
+        rows.append({"seed": seed, "mse_n_our_core": ours.tolist(), "mse_n_qsensoropt": q.tolist(),
+                     "z": z.tolist(), "n_our_core": n_episodes, "n_qsensoropt": theirs["n_eval"]})
+        k = min(5, len(q))
+        print(f"seed {seed}: MSE({k}) our core {ours[k - 1]:.3e} qsensoropt {q[k - 1]:.3e} (z {z[k - 1]:+.1f}); "
+              f"MSE({len(q)}) {ours[-1]:.3e} {q[-1]:.3e} (z {z[-1]:+.1f}); max |z| over n {np.abs(z).max():.1f}",
+              flush=True)
+    summary = {"n_episodes": n_episodes, "eval_key": EVAL_KEY, "rows": rows}
+    (out / "trained_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("tf", "ours"))
+    parser.add_argument("stage", choices=("tf", "ours", "trained"))
     parser.add_argument("--seeds", type=int, nargs=2, default=(0, 35), metavar=("FIRST", "STOP"),
                         help="seeds FIRST..STOP-1 (default 0 35)")
-    parser.add_argument("--episodes", type=int, default=4096, help="shared evaluation episodes (ours stage)")
+    parser.add_argument("--episodes", type=int, default=4096, help="shared evaluation episodes (ours and trained stages)")
     parser.add_argument("--trained", nargs="*", default=[],
                         help="side-by-side summary.json files (globs) with the trained runs of these seeds")
     parser.add_argument("--out", type=Path, required=True)
@@ -180,6 +229,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage == "tf":
         _tf_stage(range(first, stop), args.out)
+    elif args.stage == "trained":
+        _trained_stage(range(first, stop), args.out, args.episodes)
     else:
         _ours_stage(range(first, stop), args.out, args.episodes, args.trained)
     return 0

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--out", required=True, help="path of the JSON result")
+    parser.add_argument("--save-weights", default=None, metavar="NPZ",
+                        help="nn mode: also write the trained network's arrays (Keras order, w0, w1, ...; no "
+                             "pickle) to NPZ, e.g. to evaluate it in qsm-gym's core (nv_start_compare.py)")
     return parser
 
 
@@ -141,6 +144,11 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         # tail, so steps beyond the last full block would be trained and then thrown away.
         raise ValueError(f"--steps must be < {INTERVAL_SAVE} or a multiple of "
                          f"{INTERVAL_SAVE}, got {args.steps}")
+    if args.save_weights is not None:
+        if args.mode != "nn":
+            raise ValueError(f"--save-weights needs --mode nn, got --mode {args.mode}")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.save_weights))):
+            raise ValueError(f"--save-weights directory does not exist: {args.save_weights!r}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise ValueError(f"--out directory does not exist: {out_dir!r} (from {args.out!r})")
@@ -501,6 +509,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                 args.mode, f"nv_dc24_{args.mode}")
         train_info = _train(sim, args.mode, trainable, args.steps, args.seed, learning_rate)
         timings = summarise_timings(train_info["step_seconds"])
+    if args.save_weights is not None:  # the network train() kept (its best 128-step block)
+        np.savez(args.save_weights, **{f"w{i}": np.asarray(w, np.float32)
+                                       for i, w in enumerate(trainable.get_weights())})
     evaluation = _evaluate(classes, args.mode, trainable, args.n_eval, args.eval_batch,
                            args.seed)
     sq_err = evaluation["sq_err"]

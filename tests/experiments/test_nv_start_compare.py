@@ -62,3 +62,29 @@ def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys):
     assert "Starting (preconditioned) NN, 2 seeds a side" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="tf stage"):
         sc._ours_stage(range(5, 6), tmp_path, 8, [], task=small)
+
+
+def test_trained_stage_scores_a_network_against_its_record_and_flags_a_wrong_record(tmp_path, capsys):
+    # a network's weights (Keras order) and a record of it: a record equal to our core's MSE(n)
+    # gives z = 0 at every n; one 3x too large gives large |z| (64 episodes: SE ~ MSE/8 or less)
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+
+    small = BayesianMagnetometry(n_measurements=4, n_particles=32)
+    config, task, params, _, mse_n = sc.evaluator(64, task=small)
+    p = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])(jax.random.PRNGKey(3))
+    names = sorted(p["params"], key=lambda s: int(s.split("_")[1]))
+    np.savez(tmp_path / "q0.npz", **{f"w{i}": np.asarray(p["params"][n][part], np.float32)
+                                     for i, (n, part) in enumerate((n, part) for n in names for part in ("kernel", "bias"))})
+    truth = np.asarray(mse_n(p))
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        if seed:
+            (tmp_path / "q1.npz").write_bytes((tmp_path / "q0.npz").read_bytes())
+        (tmp_path / f"qs{seed}.json").write_text(json.dumps({"mse_n": (truth * scale).tolist(), "n_eval": 64}))
+    rows = sc._trained_stage(range(0, 2), tmp_path, 64, task=small)["rows"]
+    np.testing.assert_allclose(rows[0]["z"], 0.0, atol=1e-6)  # float64 means of the same float32 errors
+    assert min(abs(z) for z in rows[1]["z"]) > 3
+    assert json.loads((tmp_path / "trained_summary.json").read_text())["rows"][1]["seed"] == 1
+    assert "seed 1: MSE(4) our core" in capsys.readouterr().out  # 4 measurements: n = 5 would not exist
+    with pytest.raises(FileNotFoundError, match="save-weights"):
+        sc._trained_stage(range(2, 3), tmp_path, 64, task=small)

@@ -85,6 +85,16 @@ def test_validate_args_names_argument_and_value(tmp_path):
         script.parse_args(["--mode", "nn", "--out", str(missing_dir)])
 
 
+def test_save_weights_needs_nn_mode_and_an_existing_folder(tmp_path):
+    ok = script.parse_args(["--mode", "nn", "--out", str(tmp_path / "r.json"), "--save-weights", str(tmp_path / "w.npz")])
+    assert ok.save_weights == str(tmp_path / "w.npz")
+    assert script.parse_args(["--mode", "nn", "--out", str(tmp_path / "r.json")]).save_weights is None
+    with pytest.raises(ValueError, match="--save-weights needs --mode nn, got --mode static"):
+        script.parse_args(["--mode", "static", "--out", str(tmp_path / "r.json"), "--save-weights", str(tmp_path / "w.npz")])
+    with pytest.raises(ValueError, match="--save-weights directory does not exist"):
+        script.parse_args(["--mode", "nn", "--out", str(tmp_path / "r.json"), "--save-weights", str(tmp_path / "no" / "w.npz")])
+
+
 def test_module_import_does_not_need_tensorflow():
     # The lead's side-by-side runner imports nothing from here, but qsmgym.experiments is a
     # package: importing this module must not pull TensorFlow into qsm-gym's environment.
