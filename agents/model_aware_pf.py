@@ -477,9 +477,12 @@ def learning_rate_schedule(lr0, warmup_steps: int = 0, dtype=jnp.float32) -> Cal
 
 def make_train(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
                ) -> Callable[[jax.Array, dict], ModelAwarePFResult]:
-    """Build ``train(key, hyper) -> ModelAwarePFResult`` (jittable, vmappable over keys and
-    hypers). ``key`` seeds the network initialisation, the preconditioning data and every
-    training episode; ``hyper`` as ``default_hyper(config.policy)``.
+    """Build ``train(key, hyper, start=None) -> ModelAwarePFResult`` (jittable, vmappable over
+    keys and hypers). ``key`` seeds the network initialisation, the preconditioning data and every
+    training episode; ``hyper`` as ``default_hyper(config.policy)``. ``start``: policy params to
+    train from instead (no initialisation, no preconditioning; e.g. another library's
+    preconditioned network, to compare two training loops from one start); the training
+    episodes still come from ``key``, as without it.
 
     Raises:
         TypeError: task is not a BayesianMagnetometry core, or config has the wrong type.
@@ -489,17 +492,22 @@ def make_train(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: A
     grad_fn = jax.value_and_grad(setup.loss, has_aux=True)
     n_blocks = config.iterations // config.checkpoint_every
 
-    def train(key: jax.Array, hyper: dict) -> ModelAwarePFResult:
+    def train(key: jax.Array, hyper: dict, start: Any = None) -> ModelAwarePFResult:
         for name in ("learning_rate", "precondition_lr"):
             if name not in hyper:
                 raise ValueError(f"hyper must contain {name!r}, got keys {sorted(hyper)}")
         k_init, k_train = jax.random.split(key)
         k_net, k_pre = jax.random.split(k_init)
         p0 = setup.init_policy(k_net)
-        if config.policy == "nn" and config.precondition_epochs:
+        pre_loss = jnp.zeros((), setup.dtype)
+        if start is not None:
+            if jax.tree_util.tree_structure(start) != jax.tree_util.tree_structure(p0) or any(
+                    a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(p0))):
+                raise ValueError(f"start must have the policy's structure and shapes "
+                                 f"{jax.tree_util.tree_map(jnp.shape, p0)}, got {jax.tree_util.tree_map(jnp.shape, start)}")
+            p0 = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), start, p0)
+        elif config.policy == "nn" and config.precondition_epochs:
             p0, pre_loss = _precondition(setup, k_pre, p0, hyper)
-        else:
-            pre_loss = jnp.zeros((), setup.dtype)
         opt = optax.adam(learning_rate_schedule(hyper["learning_rate"], config.warmup_steps, setup.dtype))
 
         def step(carry, k):

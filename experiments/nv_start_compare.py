@@ -211,15 +211,72 @@ def _trained_stage(seeds: range, out: Path, n_episodes: int, task=None) -> dict:
     return summary
 
 
+def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: int, steps: int = 256,
+                      batch: int = 256, task=None) -> dict:
+    """OUR training loop from qsensoropt's start. For each seed: D/q{seed}.npz (the tf stage: the
+    preconditioned network qsensoropt's run of that seed starts from) is trained by our NN arm
+    with the side-by-side's settings and key, and evaluated in our core next to qsensoropt's
+    network trained from the same start (T/q{seed}.npz, qsensoropt_nv_dc.py --save-weights), on
+    the same episodes. A per-seed paired comparison: if ours still trails at small n, the
+    difference is in the training loop; if not, in the starting networks."""
+    import jax
+    from scipy.stats import wilcoxon
+
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.experiments.nv_gradient_compare import _our_setup
+
+    config, task, params, _, mse_n = evaluator(n_episodes, task=task)
+    config = mapf.ModelAwarePFConfig(policy="nn", iterations=steps, checkpoint_every=min(128, steps), dtype="float32",
+                                     batch=batch)
+    train = jax.jit(mapf.make_train(config, task, params), compiler_options=mapf.compiler_options())
+    hyper = mapf.default_hyper("nn")
+    rows = []
+    for seed in seeds:
+        start, theirs = out / f"q{seed}.npz", trained_dir / f"q{seed}.npz"
+        for path, how in ((start, "the tf stage"), (theirs, "qsensoropt_nv_dc.py --save-weights")):
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run {how} for seed {seed} first")
+        _, to_params, _, w_start = _our_setup(start)
+        result = train(jax.random.PRNGKey(seed), hyper, to_params(w_start))
+        _, to_params_t, _, w_theirs = _our_setup(theirs)
+        rows.append({"seed": seed, "ours_from_their_start": [float(v) for v in mse_n(result.policy_params)],
+                     "qsensoropt_trained": [float(v) for v in mse_n(to_params_t(w_theirs))],
+                     "start": [float(v) for v in mse_n(to_params(w_start))],
+                     "block_losses": np.asarray(result.block_losses).tolist()})
+        a, b = rows[-1]["ours_from_their_start"], rows[-1]["qsensoropt_trained"]
+        k = min(5, len(a))
+        print(f"seed {seed}: MSE({k}) ours-from-their-start {a[k - 1]:.3e} qsensoropt {b[k - 1]:.3e} "
+              f"(start {rows[-1]['start'][k - 1]:.3e}); MSE({len(a)}) {a[-1]:.3e} {b[-1]:.3e}", flush=True)
+    per_n = {}
+    for n in range(1, len(rows[0]["start"]) + 1):
+        a = np.array([r["ours_from_their_start"][n - 1] for r in rows])
+        b = np.array([r["qsensoropt_trained"][n - 1] for r in rows])
+        p = float(wilcoxon(a, b).pvalue) if len(rows) > 1 and np.any(a != b) else 1.0
+        per_n[str(n)] = {"ours_median": float(np.median(a)), "qsensoropt_median": float(np.median(b)),
+                         "ours_wins": int((a < b).sum()), "wilcoxon_p": p}
+    summary = {"n_episodes": n_episodes, "eval_key": EVAL_KEY, "steps": steps, "rows": rows, "per_n": per_n}
+    (out / "same_start_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\nSame start, {len(rows)} seeds: n, median MSE(n) ours-from-their-start / qsensoropt, seeds ours better, "
+          f"Wilcoxon p")
+    for n in REPORT_N:
+        if str(n) in per_n:
+            r = per_n[str(n)]
+            print(f"{n:3d}  {r['ours_median']:.3e} {r['qsensoropt_median']:.3e}  {r['ours_wins']}/{len(rows)}  "
+                  f"{r['wilcoxon_p']:.3f}")
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("tf", "ours", "trained"))
+    parser.add_argument("stage", choices=("tf", "ours", "trained", "same-start"))
     parser.add_argument("--seeds", type=int, nargs=2, default=(0, 35), metavar=("FIRST", "STOP"),
                         help="seeds FIRST..STOP-1 (default 0 35)")
     parser.add_argument("--episodes", type=int, default=4096, help="shared evaluation episodes (ours and trained stages)")
     parser.add_argument("--trained", nargs="*", default=[],
                         help="side-by-side summary.json files (globs) with the trained runs of these seeds")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--qsensoropt-trained", type=Path, default=None, metavar="T",
+                        help="same-start stage: folder with qsensoropt's trained networks q{seed}.npz")
     args = parser.parse_args(argv)
     first, stop = args.seeds
     if not 0 <= first < stop:
@@ -229,6 +286,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage == "tf":
         _tf_stage(range(first, stop), args.out)
+    elif args.stage == "same-start":
+        if args.qsensoropt_trained is None:
+            parser.error("same-start needs --qsensoropt-trained T (qsensoropt's trained q{seed}.npz)")
+        _same_start_stage(range(first, stop), args.out, args.qsensoropt_trained, args.episodes)
     elif args.stage == "trained":
         _trained_stage(range(first, stop), args.out, args.episodes)
     else:

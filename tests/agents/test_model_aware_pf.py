@@ -238,6 +238,29 @@ def test_training_loop_equals_a_python_adam_loop_and_keeps_the_best_block():
     np.testing.assert_allclose(np.asarray(result.final_params["v"]), np.asarray(ends[-1]["v"]), rtol=1e-4)
 
 
+def test_training_from_a_given_start_skips_initialisation_and_keeps_the_episode_keys():
+    # start = the params the key would have built: the same result as without start; another
+    # start: a different result, trained on the same episodes (its first loss is that start's)
+    task = small_task(n_particles=32)
+    params = task.default_params()
+    config = mapf.ModelAwarePFConfig(policy="static", iterations=2, checkpoint_every=2, batch=8)
+    hyper = mapf.default_hyper("static")
+    train = jax.jit(mapf.make_train(config, task, params))
+    init, loss = mapf.make_loss(config, task, params)
+    key = jax.random.PRNGKey(4)
+    k_init, k_train = jax.random.split(key)
+    own = init(jax.random.split(k_init)[0])
+    plain, same = train(key, hyper), train(key, hyper, own)
+    np.testing.assert_array_equal(np.asarray(plain.history), np.asarray(same.history))
+    other = jax.tree_util.tree_map(lambda a: a * 0.5, own)
+    moved = train(key, hyper, other)
+    first = float(loss(other, jax.random.split(k_train, 2)[0])[1]["loss"])
+    assert float(moved.history[0]) == pytest.approx(first, rel=1e-5)  # float32, jit vs eager rounding
+    assert not np.array_equal(np.asarray(moved.history), np.asarray(plain.history))
+    with pytest.raises(ValueError, match="start must have the policy's structure"):
+        train(key, hyper, {"v": jnp.zeros((3, 1))})
+
+
 def test_warmup_schedule_and_training_with_it():
     # the schedule: (i + 1)/W * lr0/sqrt(i + 1) during the warm-up, InverseSqrtDecay after it
     sched = mapf.learning_rate_schedule(1e-3, 4, jnp.float64)

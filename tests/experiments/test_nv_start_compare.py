@@ -88,3 +88,34 @@ def test_trained_stage_scores_a_network_against_its_record_and_flags_a_wrong_rec
     assert "seed 1: MSE(4) our core" in capsys.readouterr().out  # 4 measurements: n = 5 would not exist
     with pytest.raises(FileNotFoundError, match="save-weights"):
         sc._trained_stage(range(2, 3), tmp_path, 64, task=small)
+
+
+def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys):
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+
+    small = BayesianMagnetometry(n_measurements=4, n_particles=32)
+    config, task, params, _, mse_n = sc.evaluator(16, task=small)
+    pre = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    starts = {}
+    for seed in (0, 1):
+        p = pre(jax.random.PRNGKey(10 + seed))
+        starts[seed] = p
+        names = sorted(p["params"], key=lambda s: int(s.split("_")[1]))
+        arrays = {f"w{i}": np.asarray(p["params"][n][part], np.float32)
+                  for i, (n, part) in enumerate((n, part) for n in names for part in ("kernel", "bias"))}
+        np.savez(tmp_path / f"q{seed}.npz", **arrays)
+        np.savez(trained / f"q{seed}.npz", **{k: v * 0.9 for k, v in arrays.items()})
+    summary = sc._same_start_stage(range(0, 2), tmp_path, trained, 16, steps=2, batch=4, task=small)
+    rows = summary["rows"]
+    for seed, row in zip((0, 1), rows):
+        np.testing.assert_allclose(row["start"], np.asarray(mse_n(starts[seed])), rtol=1e-6)
+        assert row["ours_from_their_start"] != row["start"] and len(row["block_losses"]) == 1
+    assert set(summary["per_n"]) == {"1", "2", "3", "4"}
+    assert json.loads((tmp_path / "same_start_summary.json").read_text())["steps"] == 2
+    assert "Same start, 2 seeds" in capsys.readouterr().out
+    (trained / "q1.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="save-weights"):
+        sc._same_start_stage(range(1, 2), tmp_path, trained, 16, steps=2, batch=4, task=small)
