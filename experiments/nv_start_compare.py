@@ -220,7 +220,6 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
     the same episodes. A per-seed paired comparison: if ours still trails at small n, the
     difference is in the training loop; if not, in the starting networks."""
     import jax
-    from scipy.stats import wilcoxon
 
     from qsmgym.agents import model_aware_pf as mapf
     from qsmgym.experiments.nv_gradient_compare import _our_setup
@@ -247,22 +246,49 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
         k = min(5, len(a))
         print(f"seed {seed}: MSE({k}) ours-from-their-start {a[k - 1]:.3e} qsensoropt {b[k - 1]:.3e} "
               f"(start {rows[-1]['start'][k - 1]:.3e}); MSE({len(a)}) {a[-1]:.3e} {b[-1]:.3e}", flush=True)
+    summary = {"n_episodes": n_episodes, "eval_key": EVAL_KEY, "steps": steps, "rows": rows, "per_n": paired(rows)}
+    (out / "same_start_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print_paired(summary)
+    return summary
+
+
+def paired(rows: list[dict]) -> dict:
+    """Per n over the same-start rows: each side's median, the seeds where ours is lower, and
+    the two-sided Wilcoxon signed-rank p of the per-seed pairs."""
+    from scipy.stats import wilcoxon
+
     per_n = {}
     for n in range(1, len(rows[0]["start"]) + 1):
         a = np.array([r["ours_from_their_start"][n - 1] for r in rows])
         b = np.array([r["qsensoropt_trained"][n - 1] for r in rows])
         p = float(wilcoxon(a, b).pvalue) if len(rows) > 1 and np.any(a != b) else 1.0
         per_n[str(n)] = {"ours_median": float(np.median(a)), "qsensoropt_median": float(np.median(b)),
+                         "start_median": float(np.median([r["start"][n - 1] for r in rows])),
                          "ours_wins": int((a < b).sum()), "wilcoxon_p": p}
-    summary = {"n_episodes": n_episodes, "eval_key": EVAL_KEY, "steps": steps, "rows": rows, "per_n": per_n}
-    (out / "same_start_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\nSame start, {len(rows)} seeds: n, median MSE(n) ours-from-their-start / qsensoropt, seeds ours better, "
-          f"Wilcoxon p")
+    return per_n
+
+
+def print_paired(summary: dict) -> None:
+    rows = summary["rows"]
+    print(f"\nSame start, {len(rows)} seeds: n, median MSE(n) of the start, of ours trained from it, of qsensoropt "
+          f"trained from it; seeds where ours is lower; Wilcoxon p")
     for n in REPORT_N:
-        if str(n) in per_n:
-            r = per_n[str(n)]
-            print(f"{n:3d}  {r['ours_median']:.3e} {r['qsensoropt_median']:.3e}  {r['ours_wins']}/{len(rows)}  "
-                  f"{r['wilcoxon_p']:.3f}")
+        r = summary["per_n"].get(str(n))
+        if r is not None:
+            print(f"{n:3d}  {r['start_median']:.3e}  {r['ours_median']:.3e} {r['qsensoropt_median']:.3e}  "
+                  f"{r['ours_wins']}/{len(rows)}  {r['wilcoxon_p']:.3f}")
+
+
+def join_same_start(paths: list[Path], out: Path) -> dict:
+    """Merge same_start_summary.json files of separate seed ranges (one row per seed)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    rows = sorted({r["seed"]: r for part in parts for r in part["rows"]}.values(), key=lambda r: r["seed"])
+    if len({(p["n_episodes"], p["steps"]) for p in parts}) != 1:
+        raise ValueError("the summaries were made with different --episodes or steps; not joined")
+    summary = {**{k: parts[0][k] for k in ("n_episodes", "eval_key", "steps")}, "rows": rows,
+               "per_n": paired(rows), "joined": [str(p) for p in paths]}
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print_paired(summary)
     return summary
 
 
@@ -277,6 +303,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--qsensoropt-trained", type=Path, default=None, metavar="T",
                         help="same-start stage: folder with qsensoropt's trained networks q{seed}.npz")
+    parser.add_argument("--join", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="same-start stage: only merge these same_start_summary.json files into --out")
     args = parser.parse_args(argv)
     first, stop = args.seeds
     if not 0 <= first < stop:
@@ -286,6 +314,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.stage == "tf":
         _tf_stage(range(first, stop), args.out)
+    elif args.stage == "same-start" and args.join:
+        join_same_start(args.join, args.out / "same_start_summary.json")
     elif args.stage == "same-start":
         if args.qsensoropt_trained is None:
             parser.error("same-start needs --qsensoropt-trained T (qsensoropt's trained q{seed}.npz)")

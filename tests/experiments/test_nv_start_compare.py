@@ -119,3 +119,22 @@ def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys):
     (trained / "q1.npz").unlink()
     with pytest.raises(FileNotFoundError, match="save-weights"):
         sc._same_start_stage(range(1, 2), tmp_path, trained, 16, steps=2, batch=4, task=small)
+
+
+def test_join_merges_seed_ranges_and_tests_the_pairs(tmp_path):
+    rng = np.random.default_rng(2)
+
+    def part(seeds, shift, name, episodes=4096):
+        rows = [{"seed": s, "start": list(rng.lognormal(-4, 0.1, 3)), "qsensoropt_trained": list(b),
+                 "ours_from_their_start": list(b * shift)} for s, b in zip(seeds, rng.lognormal(-3, 0.3, (len(seeds), 3)))]
+        (tmp_path / name).write_text(json.dumps({"n_episodes": episodes, "eval_key": 5, "steps": 256, "rows": rows}))
+        return tmp_path / name
+
+    a, b = part(range(0, 6), 1.3, "a.json"), part(range(6, 12), 1.3, "b.json")
+    joined = sc.join_same_start([a, b], tmp_path / "joined.json")
+    assert [r["seed"] for r in joined["rows"]] == list(range(12))
+    assert joined["per_n"]["2"]["ours_wins"] == 0 and joined["per_n"]["2"]["wilcoxon_p"] < 0.001  # 12 of 12 worse
+    even = sc.join_same_start([part(range(0, 8), 1.0, "c.json")], tmp_path / "even.json")
+    assert even["per_n"]["1"]["wilcoxon_p"] == 1.0  # identical pairs
+    with pytest.raises(ValueError, match="different --episodes"):
+        sc.join_same_start([a, part(range(20, 22), 1.0, "d.json", episodes=64)], tmp_path / "x.json")
