@@ -254,7 +254,7 @@ def test_training_from_a_given_start_skips_initialisation_and_keeps_the_episode_
     np.testing.assert_array_equal(np.asarray(plain.history), np.asarray(same.history))
     other = jax.tree_util.tree_map(lambda a: a * 0.5, own)
     moved = train(key, hyper, other)
-    first = float(loss(other, jax.random.split(k_train, 2)[0])[1]["loss"])
+    first = float(jax.jit(loss)(other, jax.random.split(k_train, 2)[0])[1]["loss"])
     assert float(moved.history[0]) == pytest.approx(first, rel=1e-5)  # float32, jit vs eager rounding
     assert not np.array_equal(np.asarray(moved.history), np.asarray(plain.history))
     with pytest.raises(ValueError, match="start must have the policy's structure"):
