@@ -37,9 +37,6 @@ class ProgramCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def clear(self) -> None:
-        self._store.clear()
-
     def get(self, key: Hashable | None, build: Callable[[], Any]) -> Any:
         try:
             hash(key)

@@ -44,6 +44,14 @@ def load_weights(path: Path) -> list[np.ndarray]:
     return [np.asarray(w) for w in np.load(path, allow_pickle=True)["weights"]]
 
 
+def keras_arrays(policy_params) -> list[np.ndarray]:
+    """Our TauNetwork's params as Keras-order float32 arrays (kernel, bias per layer, layers in
+    order): what ``load_weights`` reads and qsensoropt's ``set_weights`` takes."""
+    layers = policy_params["params"]
+    names = sorted(layers, key=lambda s: int(s.split("_")[1]))
+    return [np.asarray(layers[n][part], np.float32) for n in names for part in ("kernel", "bias")]
+
+
 def _tf_stage(seed: int, batches: int, out: Path, weights: Path | None = None) -> None:
     import tensorflow as tf
 
@@ -141,9 +149,7 @@ def _train_ours_stage(seed: int, out: Path) -> None:
     config = mapf.ModelAwarePFConfig(policy="nn", batch=256)
     result = jax.jit(mapf.make_train(config, task, task.default_params()))(jax.random.PRNGKey(seed),
                                                                           mapf.default_hyper("nn"))
-    params = result.final_params["params"]
-    names = sorted(params, key=lambda s: int(s.split("_")[1]))
-    arrays = [np.asarray(params[n][part], np.float32) for n in names for part in ("kernel", "bias")]
+    arrays = keras_arrays(result.final_params)
     np.savez(out / "ours_weights.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
     history = np.asarray(result.history)
     np.save(out / "ours_history.npy", history)

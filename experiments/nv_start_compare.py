@@ -224,10 +224,10 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
     from qsmgym.agents import model_aware_pf as mapf
     from qsmgym.experiments.nv_gradient_compare import _our_setup
 
-    config, task, params, _, mse_n = evaluator(n_episodes, task=task)
-    config = mapf.ModelAwarePFConfig(policy="nn", iterations=steps, checkpoint_every=min(128, steps), dtype="float32",
-                                     batch=batch)
-    train = jax.jit(mapf.make_train(config, task, params), compiler_options=mapf.compiler_options())
+    _, task, params, _, mse_n = evaluator(n_episodes, task=task)
+    train_config = mapf.ModelAwarePFConfig(policy="nn", iterations=steps, checkpoint_every=min(128, steps),
+                                           dtype="float32", batch=batch)
+    train = jax.jit(mapf.make_train(train_config, task, params), compiler_options=mapf.compiler_options())
     hyper = mapf.default_hyper("nn")
     rows = []
     for seed in seeds:

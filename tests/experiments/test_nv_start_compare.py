@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from qsmgym.experiments import nv_start_compare as sc
+from qsmgym.experiments.nv_gradient_compare import keras_arrays
 
 
 def _rows(ours, theirs):
@@ -50,8 +51,7 @@ def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys):
     precondition = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])
     for seed in (0, 1):
         p = precondition(jax.random.split(jax.random.PRNGKey(seed))[0])
-        names = sorted(p["params"], key=lambda s: int(s.split("_")[1]))
-        arrays = [np.asarray(p["params"][n][part], np.float32) for n in names for part in ("kernel", "bias")]
+        arrays = keras_arrays(p)
         np.savez(tmp_path / f"q{seed}.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
     summary = sc._ours_stage(range(0, 2), tmp_path, 8, [], task=small)
     ours = [r for r in summary["rows"] if r["side"] == "ours"]
@@ -73,9 +73,7 @@ def test_trained_stage_scores_a_network_against_its_record_and_flags_a_wrong_rec
     small = BayesianMagnetometry(n_measurements=4, n_particles=32)
     config, task, params, _, mse_n = sc.evaluator(64, task=small)
     p = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])(jax.random.PRNGKey(3))
-    names = sorted(p["params"], key=lambda s: int(s.split("_")[1]))
-    np.savez(tmp_path / "q0.npz", **{f"w{i}": np.asarray(p["params"][n][part], np.float32)
-                                     for i, (n, part) in enumerate((n, part) for n in names for part in ("kernel", "bias"))})
+    np.savez(tmp_path / "q0.npz", **{f"w{i}": a for i, a in enumerate(keras_arrays(p))})
     truth = np.asarray(mse_n(p))
     for seed, scale in ((0, 1.0), (1, 3.0)):
         if seed:
@@ -103,9 +101,7 @@ def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys):
     for seed in (0, 1):
         p = pre(jax.random.PRNGKey(10 + seed))
         starts[seed] = p
-        names = sorted(p["params"], key=lambda s: int(s.split("_")[1]))
-        arrays = {f"w{i}": np.asarray(p["params"][n][part], np.float32)
-                  for i, (n, part) in enumerate((n, part) for n in names for part in ("kernel", "bias"))}
+        arrays = {f"w{i}": a for i, a in enumerate(keras_arrays(p))}
         np.savez(tmp_path / f"q{seed}.npz", **arrays)
         np.savez(trained / f"q{seed}.npz", **{k: v * 0.9 for k, v in arrays.items()})
     summary = sc._same_start_stage(range(0, 2), tmp_path, trained, 16, steps=2, batch=4, task=small)
