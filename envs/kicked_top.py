@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -121,9 +120,45 @@ def _check_real(name: str, value: Any, *, positive: bool = False, nonneg: bool =
     return value
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _jit_precompute(task: "KickedTopSensor", params: KickedTopParams) -> KickedTopCache:
-    return task._precompute(params)
+def _precompute_body(consts: dict, params: KickedTopParams, *, j: float, mixed: bool) -> KickedTopCache:
+    """KickedTopSensor's cache from its constant arrays (``KickedTopSensor._consts``) and params.
+
+    A function of arrays, not of the task object, so that one compiled program serves every task
+    of the same spin and noise setting (only ``j`` and ``mixed`` change the program's shape).
+    """
+    angles = -params.k_grid[:, None] * consts["m_b"][None, :] ** 2 / consts["c_j"]
+    kick_table = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
+    psi0 = jnp.conj(consts["w"].T) @ spin_coherent_state(j, params.theta0, params.phi0)
+    ja = consts["ja"]
+    if not mixed:
+        wa, va = consts["ja_eig_w"], consts["ja_eig_v"]
+        phase = jnp.exp(-1j * params.omega0 * params.tau * wa)
+        P = (va * phase[None, :]) @ jnp.conj(va.T)
+        dP = -1j * params.tau * ja @ P
+        zero = jnp.zeros_like(P)
+        tangent = real_form(jnp.block([[P, zero], [dP, P]]))
+        return KickedTopCache(
+            prop=P, dprop=dP, tangent_real=tangent, dtangent_real=real_form(dP), psi0=psi0,
+            kick_table=kick_table,
+        )
+    c_ops = [
+        jnp.sqrt(params.gamma_sr) * consts["jm"],
+        jnp.sqrt(params.gamma_pd) * consts["jz"],
+    ]
+    Phi, dPhi = lindblad_propagator_with_derivative(params.omega0 * ja, ja, c_ops, params.tau)
+    return KickedTopCache(
+        prop=Phi,
+        dprop=dPhi,
+        tangent_real=real_form(Phi),
+        dtangent_real=real_form(dPhi),
+        psi0=psi0,
+        kick_table=kick_table,
+    )
+
+
+# one compiled program per (j, mixed) and array shapes, shared by all tasks (and kept out of the
+# instance, so tasks pickle)
+_jit_precompute = jax.jit(_precompute_body, static_argnames=("j", "mixed"))
 
 
 class KickedTopSensor(FunctionalEnv):
@@ -315,41 +350,21 @@ class KickedTopSensor(FunctionalEnv):
             k_max=f(self._k_max),
         )
 
+    def _consts(self) -> dict:
+        """The task's constant arrays that precompute reads (NumPy; traced arguments under jit)."""
+        return {"m_b": self._m_b, "w": self._w, "ja": self._ja, "jm": self._jm, "jz": self._jz,
+                "ja_eig_w": self._ja_eig[0], "ja_eig_v": self._ja_eig[1], "c_j": np.float64(self.c_j)}
+
     def precompute(self, params: KickedTopParams) -> KickedTopCache:
-        # one compiled program (per task): called eagerly (gym.make, the agents' setup), its ~40
-        # small ops each compiled on first use, 1.9 s of gym.make's 2.1 s. Under an outer jit the
-        # inner one is inlined. Module-level, so the task stays picklable.
-        return _jit_precompute(self, params)
+        # one compiled program: called eagerly (gym.make, the agents' setup), the ~40 small ops
+        # each compiled on first use, 1.9 s of gym.make's 2.1 s. The program takes the task's
+        # arrays as arguments, so tasks of the same j and noise setting share it (a new instance
+        # pays no compile). Under an outer jit the inner one is inlined.
+        return _jit_precompute(self._consts(), params, j=self.j, mixed=self.mixed)
 
     def _precompute(self, params: KickedTopParams) -> KickedTopCache:
-        angles = -params.k_grid[:, None] * jnp.asarray(self._m_b)[None, :] ** 2 / self.c_j
-        kick_table = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=1)
-        psi0 = jnp.asarray(self._w.conj().T) @ spin_coherent_state(self.j, params.theta0, params.phi0)
-        ja = jnp.asarray(self._ja)
-        if not self.mixed:
-            wa, va = (jnp.asarray(x) for x in self._ja_eig)
-            phase = jnp.exp(-1j * params.omega0 * params.tau * wa)
-            P = (va * phase[None, :]) @ jnp.conj(va.T)
-            dP = -1j * params.tau * ja @ P
-            zero = jnp.zeros_like(P)
-            tangent = real_form(jnp.block([[P, zero], [dP, P]]))
-            return KickedTopCache(
-                prop=P, dprop=dP, tangent_real=tangent, dtangent_real=real_form(dP), psi0=psi0,
-                kick_table=kick_table,
-            )
-        c_ops = [
-            jnp.sqrt(params.gamma_sr) * jnp.asarray(self._jm),
-            jnp.sqrt(params.gamma_pd) * jnp.asarray(self._jz),
-        ]
-        Phi, dPhi = lindblad_propagator_with_derivative(params.omega0 * ja, ja, c_ops, params.tau)
-        return KickedTopCache(
-            prop=Phi,
-            dprop=dPhi,
-            tangent_real=real_form(Phi),
-            dtangent_real=real_form(dPhi),
-            psi0=psi0,
-            kick_table=kick_table,
-        )
+        """precompute's body op by op (no jit); the tests compare the two."""
+        return _precompute_body(self._consts(), params, j=self.j, mixed=self.mixed)
 
     # ----------------------------------------------------------------------------- spaces
     @property

@@ -174,3 +174,26 @@ def test_precompute_is_one_program_equal_to_the_eager_body_and_the_task_pickles(
     np.testing.assert_array_equal(np.asarray(again.precompute(params).prop), np.asarray(jitted.prop))
     other = params.replace(omega0=params.omega0 * 1.1)  # params are traced, not baked in
     assert not np.array_equal(np.asarray(task.precompute(other).prop), np.asarray(jitted.prop))
+
+
+def test_tasks_of_one_spin_and_noise_setting_share_the_precompute_program():
+    # the program takes the task's arrays as arguments: a second task of the same j and noise
+    # setting (other axes, kick norm, start, rates) compiles nothing and still gets its own
+    # values (equal to its eager body); another j or noise setting is another program
+    from qsmgym.envs import kicked_top as kt
+
+    def run(task):
+        params = task.default_params()
+        before = kt._jit_precompute._cache_size()
+        got = task.precompute(params)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(task._precompute(params))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-14)  # as above
+        return kt._jit_precompute._cache_size() - before, got
+
+    run(KickedTopSensor(j=3, noise="phase"))  # compiled here or by an earlier test
+    added, a = run(KickedTopSensor(j=3, noise="phase", gamma=0.05, precession_axis="x", kick_axis="y",
+                                   kick_norm="2j", theta0=0.4, omega_tau=1.0))
+    assert added == 0
+    added, b = run(KickedTopSensor(j=3, noise="superradiant"))  # mixed like "phase": same program
+    assert added == 0 and not np.array_equal(np.asarray(a.prop), np.asarray(b.prop))
+    assert run(KickedTopSensor(j=3.5, noise="phase"))[0] == 1  # j = 3.5 appears in no other test
