@@ -199,9 +199,13 @@ def test_reference_is_computed_on_first_access_and_kept(monkeypatch):
     assert vec.reference == ref and vec.reference is vec.reference and len(calls) == 2
     assert ref == original(env.task, env.params)
 
-def test_sb3_ppo_learn_runs():
+
+def test_sb3_ppo_learn_runs(tmp_path, monkeypatch):
     from stable_baselines3 import PPO
 
+    # SB3's default logger makes an SB3-<time> folder in the system temp dir at every learn()
+    # (one per suite run, left behind); SB3_LOGDIR sends it to this test's folder instead
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))
     env = gym.make("qsm/KickedTopSensor-v0", j=2, n_periods=8)
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
     model.learn(total_timesteps=128)

@@ -11,6 +11,22 @@ from qsmgym.experiments import nv_start_compare as sc
 from qsmgym.experiments.nv_gradient_compare import keras_arrays
 
 
+EPISODES = 64  # one evaluation size for the three stage tests: evaluate compiles once for the file
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small task (same 5 inputs as NV-DC-24, cheap to compile), its evaluator pieces, and one
+    jitted precondition(key) shared by the stage tests (one compile per file, not per test)."""
+    from qsmgym.agents import model_aware_pf as mapf
+    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+
+    task = BayesianMagnetometry(n_measurements=4, n_particles=32)
+    config, task, params, _, mse_n = sc.evaluator(EPISODES, task=task)
+    pre = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])
+    return task, mse_n, pre
+
+
 def _rows(ours, theirs):
     return ([{"seed": i, "side": "ours", "fit_mse": 2e-3, "mse_n": list(v)} for i, v in enumerate(ours)]
             + [{"seed": i, "side": "qsensoropt", "fit_mse": 3e-3, "mse_n": list(v)} for i, v in enumerate(theirs)])
@@ -40,20 +56,15 @@ def test_trained_mse_takes_the_seeds_asked_at_the_spec_rate(tmp_path):
     assert got == {"ours nn": {"0": [1.0], "1": [4.0]}, "qsensoropt nn": {"0": [3.0]}}
 
 
-def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys):
+def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys, small):
     # "qsensoropt" weights written from our own preconditioned networks, in the Keras order the
     # tf stage writes: both columns must then agree exactly (a wrong layer or kernel order would not)
-    from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
-
-    small = BayesianMagnetometry(n_measurements=4, n_particles=32)  # same 5 inputs, cheap to compile
-    config, task, params, setup, _ = sc.evaluator(8, task=small)
-    precondition = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])
+    task, _, precondition = small
     for seed in (0, 1):
         p = precondition(jax.random.split(jax.random.PRNGKey(seed))[0])
         arrays = keras_arrays(p)
         np.savez(tmp_path / f"q{seed}.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
-    summary = sc._ours_stage(range(0, 2), tmp_path, 8, [], task=small)
+    summary = sc._ours_stage(range(0, 2), tmp_path, EPISODES, [], task=task)
     ours = [r for r in summary["rows"] if r["side"] == "ours"]
     theirs = [r for r in summary["rows"] if r["side"] == "qsensoropt"]
     assert [r["mse_n"] for r in ours] == [r["mse_n"] for r in theirs]
@@ -61,40 +72,31 @@ def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys):
     assert json.loads((tmp_path / "summary.json").read_text())["comparison"]["per_n"]["4"]["mann_whitney_p"] == 1.0
     assert "Starting (preconditioned) NN, 2 seeds a side" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="tf stage"):
-        sc._ours_stage(range(5, 6), tmp_path, 8, [], task=small)
+        sc._ours_stage(range(5, 6), tmp_path, EPISODES, [], task=task)
 
 
-def test_trained_stage_scores_a_network_against_its_record_and_flags_a_wrong_record(tmp_path, capsys):
+def test_trained_stage_scores_a_network_against_its_record_and_flags_a_wrong_record(tmp_path, capsys, small):
     # a network's weights (Keras order) and a record of it: a record equal to our core's MSE(n)
     # gives z = 0 at every n; one 3x too large gives large |z| (64 episodes: SE ~ MSE/8 or less)
-    from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
-
-    small = BayesianMagnetometry(n_measurements=4, n_particles=32)
-    config, task, params, _, mse_n = sc.evaluator(64, task=small)
-    p = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])(jax.random.PRNGKey(3))
+    task, mse_n, pre = small
+    p = pre(jax.random.PRNGKey(3))
     np.savez(tmp_path / "q0.npz", **{f"w{i}": a for i, a in enumerate(keras_arrays(p))})
     truth = np.asarray(mse_n(p))
     for seed, scale in ((0, 1.0), (1, 3.0)):
         if seed:
             (tmp_path / "q1.npz").write_bytes((tmp_path / "q0.npz").read_bytes())
-        (tmp_path / f"qs{seed}.json").write_text(json.dumps({"mse_n": (truth * scale).tolist(), "n_eval": 64}))
-    rows = sc._trained_stage(range(0, 2), tmp_path, 64, task=small)["rows"]
+        (tmp_path / f"qs{seed}.json").write_text(json.dumps({"mse_n": (truth * scale).tolist(), "n_eval": EPISODES}))
+    rows = sc._trained_stage(range(0, 2), tmp_path, EPISODES, task=task)["rows"]
     np.testing.assert_allclose(rows[0]["z"], 0.0, atol=1e-6)  # float64 means of the same float32 errors
     assert min(abs(z) for z in rows[1]["z"]) > 3
     assert json.loads((tmp_path / "trained_summary.json").read_text())["rows"][1]["seed"] == 1
     assert "seed 1: MSE(4) our core" in capsys.readouterr().out  # 4 measurements: n = 5 would not exist
     with pytest.raises(FileNotFoundError, match="save-weights"):
-        sc._trained_stage(range(2, 3), tmp_path, 64, task=small)
+        sc._trained_stage(range(2, 3), tmp_path, EPISODES, task=task)
 
 
-def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys):
-    from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
-
-    small = BayesianMagnetometry(n_measurements=4, n_particles=32)
-    config, task, params, _, mse_n = sc.evaluator(16, task=small)
-    pre = jax.jit(lambda k: mapf.precondition(config, task, params, k, mapf.default_hyper("nn"))[0])
+def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys, small):
+    task, mse_n, pre = small
     trained = tmp_path / "trained"
     trained.mkdir()
     starts = {}
@@ -104,7 +106,7 @@ def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys):
         arrays = {f"w{i}": a for i, a in enumerate(keras_arrays(p))}
         np.savez(tmp_path / f"q{seed}.npz", **arrays)
         np.savez(trained / f"q{seed}.npz", **{k: v * 0.9 for k, v in arrays.items()})
-    summary = sc._same_start_stage(range(0, 2), tmp_path, trained, 16, steps=2, batch=4, task=small)
+    summary = sc._same_start_stage(range(0, 2), tmp_path, trained, EPISODES, steps=2, batch=4, task=task)
     rows = summary["rows"]
     for seed, row in zip((0, 1), rows):
         np.testing.assert_allclose(row["start"], np.asarray(mse_n(starts[seed])), rtol=1e-6)
@@ -114,7 +116,7 @@ def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys):
     assert "Same start, 2 seeds" in capsys.readouterr().out
     (trained / "q1.npz").unlink()
     with pytest.raises(FileNotFoundError, match="save-weights"):
-        sc._same_start_stage(range(1, 2), tmp_path, trained, 16, steps=2, batch=4, task=small)
+        sc._same_start_stage(range(1, 2), tmp_path, trained, EPISODES, steps=2, batch=4, task=task)
 
 
 def test_join_merges_seed_ranges_and_tests_the_pairs(tmp_path):
