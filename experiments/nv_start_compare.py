@@ -241,7 +241,8 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
         rows.append({"seed": seed, "ours_from_their_start": [float(v) for v in mse_n(result.policy_params)],
                      "qsensoropt_trained": [float(v) for v in mse_n(to_params_t(w_theirs))],
                      "start": [float(v) for v in mse_n(to_params(w_start))],
-                     "block_losses": np.asarray(result.block_losses).tolist()})
+                     "block_losses": np.asarray(result.block_losses).tolist(),
+                     "history": np.asarray(result.history).tolist()})  # per-step training loss
         a, b = rows[-1]["ours_from_their_start"], rows[-1]["qsensoropt_trained"]
         k = min(5, len(a))
         print(f"seed {seed}: MSE({k}) ours-from-their-start {a[k - 1]:.3e} qsensoropt {b[k - 1]:.3e} "

@@ -415,6 +415,9 @@ def _train(simulation, mode: str, trainable, steps: int, seed: int,
     from tensorflow.keras.optimizers import Adam
     from tensorflow.random import Generator
 
+    import numpy as np
+    import qsensoropt.utils as qsensoropt_utils
+
     from qsensoropt import InverseSqrtDecay
     from qsensoropt.utils import train
 
@@ -430,19 +433,36 @@ def _train(simulation, mode: str, trainable, steps: int, seed: int,
 
     optimizer = TimedAdam(learning_rate=InverseSqrtDecay(learning_rate, "float32"))
     kwargs = {"network": trainable} if mode == "nn" else {"custom_controls": trainable}
-    with tempfile.TemporaryDirectory(prefix="qsensoropt_train_") as scratch:
-        start = time.perf_counter()
-        # train() only defines its checkpoint folder once a block of interval_save steps
-        # has completed (and crashes in its clean-up otherwise), so short smoke runs use a
-        # single block of all their steps; load_best then keeps the final weights.
-        train(simulation, optimizer, steps, scratch,
-              interval_save=min(INTERVAL_SAVE, steps), load_best=True, xla_compile=False,
-              rangen=Generator.from_seed(seed), **kwargs)
-        total = time.perf_counter() - start
+    # train() keeps each step's loss in a local list and writes only the 128-step block means;
+    # its one use of utils.concatenate during training is on that list (after the last step),
+    # so a pass-through wrapper of that name reads the per-step losses.
+    losses: List[List[float]] = []
+    real_concatenate = qsensoropt_utils.concatenate
+
+    def concatenate(arrays, *args, **kw):
+        losses.append([float(x) for a in arrays for x in np.asarray(a).reshape(-1)])
+        return real_concatenate(arrays, *args, **kw)
+
+    qsensoropt_utils.concatenate = concatenate
+    try:
+        with tempfile.TemporaryDirectory(prefix="qsensoropt_train_") as scratch:
+            start = time.perf_counter()
+            # train() only defines its checkpoint folder once a block of interval_save steps
+            # has completed (and crashes in its clean-up otherwise), so short smoke runs use a
+            # single block of all their steps; load_best then keeps the final weights.
+            train(simulation, optimizer, steps, scratch,
+                  interval_save=min(INTERVAL_SAVE, steps), load_best=True, xla_compile=False,
+                  rangen=Generator.from_seed(seed), **kwargs)
+            total = time.perf_counter() - start
+    finally:
+        qsensoropt_utils.concatenate = real_concatenate
     if len(stamps) != steps:
         raise RuntimeError(f"expected {steps} optimizer updates, saw {len(stamps)}")
+    if not losses or len(losses[0]) != steps:
+        raise RuntimeError(f"expected {steps} per-step losses from train(), got "
+                           f"{[len(x) for x in losses]}")
     step_seconds = [stamps[0] - start] + [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"step_seconds": step_seconds, "train_wall_s": total}
+    return {"step_seconds": step_seconds, "train_wall_s": total, "train_losses": losses[0]}
 
 
 def _evaluate(classes, mode: str, trainable, n_eval: int, eval_batch: int,
@@ -529,6 +549,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "compile_s": timings["compile_s"],
         "sec_per_step": timings["sec_per_step"],
         "step_seconds": train_info.get("step_seconds", []),
+        "train_losses": train_info.get("train_losses", []),  # train()'s own per-step loss
         "train_wall_s": train_info.get("train_wall_s"),
         "precondition_s": precondition_s,
         "eval_wall_s": evaluation["eval_wall_s"],

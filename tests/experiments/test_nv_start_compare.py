@@ -111,6 +111,7 @@ def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys, sma
     for seed, row in zip((0, 1), rows):
         np.testing.assert_allclose(row["start"], np.asarray(mse_n(starts[seed])), rtol=1e-6)
         assert row["ours_from_their_start"] != row["start"] and len(row["block_losses"]) == 1
+        assert len(row["history"]) == 2 and np.mean(row["history"]) == pytest.approx(row["block_losses"][0], rel=1e-6)
     assert set(summary["per_n"]) == {"1", "2", "3", "4"}
     assert json.loads((tmp_path / "same_start_summary.json").read_text())["steps"] == 2
     assert "Same start, 2 seeds" in capsys.readouterr().out

@@ -195,4 +195,7 @@ def test_smoke_run_in_qsensoropt_venv(tmp_path, mode):
     assert r["mse_final"] < (1.0 / 12) / 4
     assert r["mse_n"][0] > r["mse_final"]
     assert len(r["step_seconds"]) == 2 and r["sec_per_step"] > 0 and r["peak_mem_mb"] > 100
+    # train()'s own per-step losses (log of a mean squared error, cumulative: finite, negative
+    # once the error is below 1) read from its loss list
+    assert len(r["train_losses"]) == 2 and all(math.isfinite(x) and x < 0 for x in r["train_losses"])
     assert math.isfinite(r["compile_s"])
