@@ -247,9 +247,12 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
         k = min(5, len(a))
         print(f"seed {seed}: MSE({k}) ours-from-their-start {a[k - 1]:.3e} qsensoropt {b[k - 1]:.3e} "
               f"(start {rows[-1]['start'][k - 1]:.3e}); MSE({len(a)}) {a[-1]:.3e} {b[-1]:.3e}", flush=True)
-    summary = {"n_episodes": n_episodes, "eval_key": EVAL_KEY, "steps": steps, "rows": rows, "per_n": paired(rows)}
+    attach_qsensoropt_losses(rows, trained_dir)
+    summary = {"n_episodes": n_episodes, "eval_key": EVAL_KEY, "steps": steps, "rows": rows, "per_n": paired(rows),
+               "losses": loss_blocks(rows)}
     (out / "same_start_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print_paired(summary)
+    print_loss_blocks(summary["losses"])
     return summary
 
 
@@ -269,6 +272,55 @@ def paired(rows: list[dict]) -> dict:
     return per_n
 
 
+def attach_qsensoropt_losses(rows: list[dict], trained_dir: Path | None) -> None:
+    """Add "qsensoropt_history" (train()'s per-step losses, qsensoropt_nv_dc.py's train_losses
+    in T/qs{seed}.json) to the rows whose seed has them; rows without stay as they are."""
+    if trained_dir is None:
+        return
+    for row in rows:
+        path = Path(trained_dir) / f"qs{row['seed']}.json"
+        if path.exists():
+            losses = json.loads(path.read_text()).get("train_losses") or []
+            if losses:
+                row["qsensoropt_history"] = [float(x) for x in losses]
+
+
+def loss_blocks(rows: list[dict], block: int = 32) -> dict | None:
+    """The two loops' per-step training losses from the same start, by ``block``-step blocks:
+    per block the mean over seeds of each side, the seeds where ours is lower, and the paired
+    Wilcoxon p; None unless some rows hold both histories of equal length."""
+    from scipy.stats import wilcoxon
+
+    both = [r for r in rows if r.get("history") and r.get("qsensoropt_history")
+            and len(r["history"]) == len(r["qsensoropt_history"])]
+    if not both:
+        return None
+    ours = np.array([r["history"] for r in both], np.float64)
+    theirs = np.array([r["qsensoropt_history"] for r in both], np.float64)
+    out = {"seeds": [r["seed"] for r in both], "block": block, "blocks": []}
+    for start in range(0, ours.shape[1], block):
+        a, b = ours[:, start:start + block].mean(axis=1), theirs[:, start:start + block].mean(axis=1)
+        p = float(wilcoxon(a, b).pvalue) if len(both) > 1 and np.any(a != b) else 1.0
+        out["blocks"].append({"steps": [start, min(start + block, ours.shape[1])], "ours_mean": float(a.mean()),
+                              "qsensoropt_mean": float(b.mean()), "ours_lower": int((a < b).sum()),
+                              "wilcoxon_p": p})
+    out["first_step"] = {"ours_mean": float(ours[:, 0].mean()), "qsensoropt_mean": float(theirs[:, 0].mean())}
+    return out
+
+
+def print_loss_blocks(losses: dict | None) -> None:
+    if losses is None:
+        return
+    n = len(losses["seeds"])
+    print(f"\nTraining loss (each library's own, per step) from the same start, {n} seeds, by "
+          f"{losses['block']}-step block: mean over seeds ours, qsensoropt; seeds where ours is lower; Wilcoxon p")
+    for b in losses["blocks"]:
+        print(f"  steps {b['steps'][0]:3d}-{b['steps'][1] - 1:3d}  {b['ours_mean']:+.4f} {b['qsensoropt_mean']:+.4f}  "
+              f"{b['ours_lower']}/{n}  {b['wilcoxon_p']:.3f}")
+    f = losses["first_step"]
+    print(f"  first step (the start, each on its own batch): {f['ours_mean']:+.4f} {f['qsensoropt_mean']:+.4f}")
+
+
 def print_paired(summary: dict) -> None:
     rows = summary["rows"]
     print(f"\nSame start, {len(rows)} seeds: n, median MSE(n) of the start, of ours trained from it, of qsensoropt "
@@ -280,16 +332,20 @@ def print_paired(summary: dict) -> None:
                   f"{r['ours_wins']}/{len(rows)}  {r['wilcoxon_p']:.3f}")
 
 
-def join_same_start(paths: list[Path], out: Path) -> dict:
-    """Merge same_start_summary.json files of separate seed ranges (one row per seed)."""
+def join_same_start(paths: list[Path], out: Path, trained_dirs: list[Path] = ()) -> dict:
+    """Merge same_start_summary.json files of separate seed ranges (one row per seed); with
+    ``trained_dirs``, also read qsensoropt's per-step losses from their qs{seed}.json."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     rows = sorted({r["seed"]: r for part in parts for r in part["rows"]}.values(), key=lambda r: r["seed"])
     if len({(p["n_episodes"], p["steps"]) for p in parts}) != 1:
         raise ValueError("the summaries were made with different --episodes or steps; not joined")
+    for trained_dir in trained_dirs:
+        attach_qsensoropt_losses(rows, trained_dir)
     summary = {**{k: parts[0][k] for k in ("n_episodes", "eval_key", "steps")}, "rows": rows,
-               "per_n": paired(rows), "joined": [str(p) for p in paths]}
+               "per_n": paired(rows), "losses": loss_blocks(rows), "joined": [str(p) for p in paths]}
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print_paired(summary)
+    print_loss_blocks(summary["losses"])
     return summary
 
 
@@ -302,8 +358,9 @@ def main(argv=None) -> int:
     parser.add_argument("--trained", nargs="*", default=[],
                         help="side-by-side summary.json files (globs) with the trained runs of these seeds")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--qsensoropt-trained", type=Path, default=None, metavar="T",
-                        help="same-start stage: folder with qsensoropt's trained networks q{seed}.npz")
+    parser.add_argument("--qsensoropt-trained", type=Path, nargs="+", default=None, metavar="T",
+                        help="same-start stage: folder with qsensoropt's trained networks q{seed}.npz and "
+                             "its runs qs{seed}.json (one folder; with --join, any number, for the losses)")
     parser.add_argument("--join", type=Path, nargs="+", default=None, metavar="JSON",
                         help="same-start stage: only merge these same_start_summary.json files into --out")
     args = parser.parse_args(argv)
@@ -316,11 +373,11 @@ def main(argv=None) -> int:
     if args.stage == "tf":
         _tf_stage(range(first, stop), args.out)
     elif args.stage == "same-start" and args.join:
-        join_same_start(args.join, args.out / "same_start_summary.json")
+        join_same_start(args.join, args.out / "same_start_summary.json", args.qsensoropt_trained or [])
     elif args.stage == "same-start":
-        if args.qsensoropt_trained is None:
-            parser.error("same-start needs --qsensoropt-trained T (qsensoropt's trained q{seed}.npz)")
-        _same_start_stage(range(first, stop), args.out, args.qsensoropt_trained, args.episodes)
+        if args.qsensoropt_trained is None or len(args.qsensoropt_trained) != 1:
+            parser.error("same-start needs one --qsensoropt-trained T (qsensoropt's trained q{seed}.npz)")
+        _same_start_stage(range(first, stop), args.out, args.qsensoropt_trained[0], args.episodes)
     elif args.stage == "trained":
         _trained_stage(range(first, stop), args.out, args.episodes)
     else:
