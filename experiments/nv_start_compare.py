@@ -26,6 +26,17 @@ our core as qsensoropt's own evaluation says? Per seed, after
 --save-weights D/qS.npz``:
 
     .venv/bin/python -m qsmgym.experiments.nv_start_compare trained --seeds 0 4 --episodes 16384 --out D
+
+Stage ``same-start`` (sessions 21-22) trains OUR loop from qsensoropt's preconditioned network of
+each seed (D/q{seed}.npz from the tf stage) and pairs it, per seed, with qsensoropt's network
+trained from that start (T/q{seed}.npz from ``qsensoropt_nv_dc.py --save-weights``), both
+evaluated in our core on the same episodes. Where T/qs{seed}.json holds qsensoropt's per-step
+``train_losses``, the two loops' training losses are also compared in 32-step blocks.
+``--join`` merges the summaries of separate seed ranges:
+
+    .venv/bin/python -m qsmgym.experiments.nv_start_compare same-start --seeds 0 8 --out D --qsensoropt-trained T
+    .venv/bin/python -m qsmgym.experiments.nv_start_compare same-start --join D1/same_start_summary.json \
+        D2/same_start_summary.json --qsensoropt-trained T1 T2 --out D
 """
 
 from __future__ import annotations
