@@ -52,6 +52,26 @@ def keras_arrays(policy_params) -> list[np.ndarray]:
     return [np.asarray(layers[n][part], np.float32) for n in names for part in ("kernel", "bias")]
 
 
+def params_from_keras(arrays, template, source: str = "weights") -> dict:
+    """The inverse of ``keras_arrays``: Keras-order arrays as our TauNetwork params, float32,
+    shaped like ``template`` (any params of the same network). ``source`` names the arrays in
+    the errors (a wrong count or shape raises ValueError)."""
+    import jax.numpy as jnp
+
+    layers = template["params"]
+    names = sorted(layers, key=lambda s: int(s.split("_")[1]))
+    if len(arrays) != 2 * len(names):
+        raise ValueError(f"{source}: {len(arrays)} arrays, expected {2 * len(names)} (kernel, bias per layer)")
+    out = {"params": {}}
+    for j, name in enumerate(names):
+        out["params"][name] = {}
+        for part, w in (("kernel", arrays[2 * j]), ("bias", arrays[2 * j + 1])):
+            if layers[name][part].shape != np.shape(w):
+                raise ValueError(f"{source}: {name}/{part}: shape {np.shape(w)}, ours {layers[name][part].shape}")
+            out["params"][name][part] = jnp.asarray(w, jnp.float32)
+    return out
+
+
 def _tf_stage(seed: int, batches: int, out: Path, weights: Path | None = None) -> None:
     import tensorflow as tf
 
@@ -84,7 +104,6 @@ def _tf_stage(seed: int, batches: int, out: Path, weights: Path | None = None) -
 
 def _our_setup(weights_file: Path):
     import jax
-    import jax.numpy as jnp
 
     from qsmgym.agents import model_aware_pf as mapf
     from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
@@ -95,25 +114,16 @@ def _our_setup(weights_file: Path):
     config = mapf.ModelAwarePFConfig(policy="nn", batch=256)
     init, loss = mapf.make_loss(config, task, task.default_params())
     template = init(jax.random.PRNGKey(0))
-    names = sorted(template["params"], key=lambda s: int(s.split("_")[1]))
     weights = [np.asarray(w, np.float32) for w in load_weights(weights_file)]
-    if len(weights) != 2 * len(names):
-        raise ValueError(f"{weights_file}: {len(weights)} arrays, expected {2 * len(names)} (kernel, bias per layer)")
+    params_from_keras(weights, template, str(weights_file))  # count and shapes checked here
+    sizes = np.cumsum([w.size for w in weights])[:-1]
 
     def to_params(flat):
-        out, i = {"params": {}}, 0
-        for j, name in enumerate(names):
-            layer = {}
-            for part, w in (("kernel", weights[2 * j]), ("bias", weights[2 * j + 1])):
-                if template["params"][name][part].shape != w.shape:
-                    raise ValueError(f"{name}/{part}: shape {w.shape}, ours {template['params'][name][part].shape}")
-                layer[part] = jnp.asarray(flat[i:i + w.size].reshape(w.shape), jnp.float32)
-                i += w.size
-            out["params"][name] = layer
-        return out
+        return params_from_keras([part.reshape(w.shape) for part, w in zip(np.split(flat, sizes), weights)],
+                                 template, str(weights_file))
 
     def flatten(p):
-        return np.concatenate([np.asarray(p["params"][n][part]).ravel() for n in names for part in ("kernel", "bias")])
+        return np.concatenate([w.ravel() for w in keras_arrays(p)])
 
     w0 = np.concatenate([w.ravel() for w in weights])
     return loss, to_params, flatten, w0

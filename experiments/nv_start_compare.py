@@ -88,14 +88,21 @@ def evaluator(n_episodes: int, chunk: int = 1024, task=None):
     return config, task, params, setup, mse_n
 
 
+def _network(path: Path, template) -> dict:
+    """The Keras-order network in ``path`` (a tf stage or --save-weights file) as our params."""
+    from qsmgym.experiments.nv_gradient_compare import load_weights, params_from_keras
+
+    return params_from_keras(load_weights(path), template, str(path))
+
+
 def _ours_stage(seeds: range, out: Path, n_episodes: int, trained: list[str], task=None) -> dict:
     import jax
     import jax.numpy as jnp
 
     from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.experiments.nv_gradient_compare import _our_setup
 
     config, task, params, setup, mse_n = evaluator(n_episodes, task=task)
+    template = setup.init_policy(jax.random.PRNGKey(0))
     hyper = mapf.default_hyper("nn")
     precondition = jax.jit(lambda k: mapf.precondition(config, task, params, k, hyper)[0])
     x = jax.random.uniform(jax.random.PRNGKey(FIT_KEY), (16384, setup.n_features), jnp.float32, -1.0, 1.0)
@@ -106,8 +113,7 @@ def _ours_stage(seeds: range, out: Path, n_episodes: int, trained: list[str], ta
         if not weights.exists():
             raise FileNotFoundError(f"{weights} is missing: run the tf stage for seed {seed} first")
         k_init = jax.random.split(jax.random.PRNGKey(seed))[0]  # make_train's split of the seed
-        _, to_params, _, w0 = _our_setup(weights)
-        for side, p in (("ours", precondition(k_init)), ("qsensoropt", to_params(w0))):
+        for side, p in (("ours", precondition(k_init)), ("qsensoropt", _network(weights, template))):
             rows.append({"seed": seed, "side": side, "fit_mse": float(fit(p)),
                          "mse_n": [float(v) for v in np.asarray(mse_n(p))]})
         a, b = rows[-2]["mse_n"], rows[-1]["mse_n"]
@@ -193,9 +199,9 @@ def _trained_stage(seeds: range, out: Path, n_episodes: int, task=None) -> dict:
     import jax
 
     from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.experiments.nv_gradient_compare import _our_setup
 
-    config, task, params, _, _ = evaluator(n_episodes, task=task)
+    config, task, params, setup, _ = evaluator(n_episodes, task=task)
+    template = setup.init_policy(jax.random.PRNGKey(0))
     rows = []
     for seed in seeds:
         weights, record = out / f"q{seed}.npz", out / f"qs{seed}.json"
@@ -203,8 +209,8 @@ def _trained_stage(seeds: range, out: Path, n_episodes: int, task=None) -> dict:
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing: run qsensoropt_nv_dc.py --mode nn --seed {seed} "
                                         f"--out {record} --save-weights {weights} first")
-        _, to_params, _, w0 = _our_setup(weights)
-        se = mapf.evaluate(config, task, params, to_params(w0), jax.random.PRNGKey(EVAL_KEY), n_episodes)["se"]
+        se = mapf.evaluate(config, task, params, _network(weights, template), jax.random.PRNGKey(EVAL_KEY),
+                           n_episodes)["se"]
         theirs = json.loads(record.read_text())
         q = np.asarray(theirs["mse_n"], np.float64)
         ours = se.mean(axis=0, dtype=np.float64)
@@ -233,9 +239,9 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
     import jax
 
     from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.experiments.nv_gradient_compare import _our_setup
 
-    _, task, params, _, mse_n = evaluator(n_episodes, task=task)
+    _, task, params, setup, mse_n = evaluator(n_episodes, task=task)
+    template = setup.init_policy(jax.random.PRNGKey(0))
     train_config = mapf.ModelAwarePFConfig(policy="nn", iterations=steps, checkpoint_every=min(128, steps),
                                            dtype="float32", batch=batch)
     train = jax.jit(mapf.make_train(train_config, task, params), compiler_options=mapf.compiler_options())
@@ -246,12 +252,11 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
         for path, how in ((start, "the tf stage"), (theirs, "qsensoropt_nv_dc.py --save-weights")):
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing: run {how} for seed {seed} first")
-        _, to_params, _, w_start = _our_setup(start)
-        result = train(jax.random.PRNGKey(seed), hyper, to_params(w_start))
-        _, to_params_t, _, w_theirs = _our_setup(theirs)
+        start_params = _network(start, template)
+        result = train(jax.random.PRNGKey(seed), hyper, start_params)
         rows.append({"seed": seed, "ours_from_their_start": [float(v) for v in mse_n(result.policy_params)],
-                     "qsensoropt_trained": [float(v) for v in mse_n(to_params_t(w_theirs))],
-                     "start": [float(v) for v in mse_n(to_params(w_start))],
+                     "qsensoropt_trained": [float(v) for v in mse_n(_network(theirs, template))],
+                     "start": [float(v) for v in mse_n(start_params)],
                      "block_losses": np.asarray(result.block_losses).tolist(),
                      "history": np.asarray(result.history).tolist()})  # per-step training loss
         a, b = rows[-1]["ours_from_their_start"], rows[-1]["qsensoropt_trained"]

@@ -67,3 +67,21 @@ def test_second_moments_see_a_noisier_estimator_with_the_same_mean():
     same = gc.second_moments(tf, mean + rng.normal(size=(256, 400)), n_boot=200)
     assert same["rms_ratio_median_ci"][0] < 1 < same["rms_ratio_median_ci"][1]
     assert r["norm_q_ours"][0] > 1.3 * r["norm_q_tf"][0]
+
+
+def test_params_from_keras_inverts_keras_arrays_and_names_a_wrong_file():
+    import jax
+
+    from qsmgym.agents.model_aware_pf import TauNetwork
+
+    net = TauNetwork()
+    p = net.init(jax.random.PRNGKey(0), np.zeros(5, np.float32))
+    arrays = gc.keras_arrays(p)
+    back = gc.params_from_keras(arrays, p)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(p)
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(p)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # float32 both ways: exact
+    with pytest.raises(ValueError, match=r"q7\.npz: .* arrays, expected"):
+        gc.params_from_keras(arrays[:-1], p, "q7.npz")
+    with pytest.raises(ValueError, match=r"q7\.npz: .*kernel: shape"):
+        gc.params_from_keras([a.T if a.ndim == 2 else a for a in arrays], p, "q7.npz")
