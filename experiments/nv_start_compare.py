@@ -272,19 +272,23 @@ def _same_start_stage(seeds: range, out: Path, trained_dir: Path, n_episodes: in
     return summary
 
 
+def _wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p of per-seed pairs; 1.0 for one pair or identical pairs."""
+    from scipy.stats import wilcoxon
+
+    return float(wilcoxon(a, b).pvalue) if len(a) > 1 and np.any(a != b) else 1.0
+
+
 def paired(rows: list[dict]) -> dict:
     """Per n over the same-start rows: each side's median, the seeds where ours is lower, and
     the two-sided Wilcoxon signed-rank p of the per-seed pairs."""
-    from scipy.stats import wilcoxon
-
     per_n = {}
     for n in range(1, len(rows[0]["start"]) + 1):
         a = np.array([r["ours_from_their_start"][n - 1] for r in rows])
         b = np.array([r["qsensoropt_trained"][n - 1] for r in rows])
-        p = float(wilcoxon(a, b).pvalue) if len(rows) > 1 and np.any(a != b) else 1.0
         per_n[str(n)] = {"ours_median": float(np.median(a)), "qsensoropt_median": float(np.median(b)),
                          "start_median": float(np.median([r["start"][n - 1] for r in rows])),
-                         "ours_wins": int((a < b).sum()), "wilcoxon_p": p}
+                         "ours_wins": int((a < b).sum()), "wilcoxon_p": _wilcoxon_p(a, b)}
     return per_n
 
 
@@ -305,8 +309,6 @@ def loss_blocks(rows: list[dict], block: int = 32) -> dict | None:
     """The two loops' per-step training losses from the same start, by ``block``-step blocks:
     per block the mean over seeds of each side, the seeds where ours is lower, and the paired
     Wilcoxon p; None unless some rows hold both histories of equal length."""
-    from scipy.stats import wilcoxon
-
     both = [r for r in rows if r.get("history") and r.get("qsensoropt_history")
             and len(r["history"]) == len(r["qsensoropt_history"])]
     if not both:
@@ -316,10 +318,9 @@ def loss_blocks(rows: list[dict], block: int = 32) -> dict | None:
     out = {"seeds": [r["seed"] for r in both], "block": block, "blocks": []}
     for start in range(0, ours.shape[1], block):
         a, b = ours[:, start:start + block].mean(axis=1), theirs[:, start:start + block].mean(axis=1)
-        p = float(wilcoxon(a, b).pvalue) if len(both) > 1 and np.any(a != b) else 1.0
         out["blocks"].append({"steps": [start, min(start + block, ours.shape[1])], "ours_mean": float(a.mean()),
                               "qsensoropt_mean": float(b.mean()), "ours_lower": int((a < b).sum()),
-                              "wilcoxon_p": p})
+                              "wilcoxon_p": _wilcoxon_p(a, b)})
     out["first_step"] = {"ours_mean": float(ours[:, 0].mean()), "qsensoropt_mean": float(theirs[:, 0].mean())}
     return out
 
