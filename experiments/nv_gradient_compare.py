@@ -44,6 +44,12 @@ def load_weights(path: Path) -> list[np.ndarray]:
     return [np.asarray(w) for w in np.load(path, allow_pickle=True)["weights"]]
 
 
+def save_weights(path: Path, arrays) -> None:
+    """Keras-order arrays as plain float32 arrays w0, w1, ... in an npz: what ``load_weights``
+    reads back without pickle (qsensoropt_nv_dc.py --save-weights writes the same format)."""
+    np.savez(path, **{f"w{i}": np.asarray(a, np.float32) for i, a in enumerate(arrays)})
+
+
 def keras_arrays(policy_params) -> list[np.ndarray]:
     """Our TauNetwork's params as Keras-order float32 arrays (kernel, bias per layer, layers in
     order): what ``load_weights`` reads and qsensoropt's ``set_weights`` takes."""
@@ -160,7 +166,7 @@ def _train_ours_stage(seed: int, out: Path) -> None:
     result = jax.jit(mapf.make_train(config, task, task.default_params()))(jax.random.PRNGKey(seed),
                                                                           mapf.default_hyper("nn"))
     arrays = keras_arrays(result.final_params)
-    np.savez(out / "ours_weights.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
+    save_weights(out / "ours_weights.npz", arrays)
     history = np.asarray(result.history)
     np.save(out / "ours_history.npy", history)
     blocks = history.reshape(-1, 16).mean(1)

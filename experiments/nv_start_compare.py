@@ -58,12 +58,13 @@ def _tf_stage(seeds: range, out: Path) -> None:
     import tensorflow as tf
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import nv_gradient_compare as G  # numpy only at import: fine in qsensoropt's venv
     import qsensoropt_nv_dc as Q  # the builders of the side-by-side runs
 
     for seed in seeds:
         tf.keras.utils.set_random_seed(seed)  # as qsensoropt_nv_dc.py's main does
         net = Q._make_trainable("nn")
-        np.savez(out / f"q{seed}.npz", **{f"w{i}": np.asarray(w, np.float32) for i, w in enumerate(net.get_weights())})
+        G.save_weights(out / f"q{seed}.npz", net.get_weights())
         print(f"tf: seed {seed} -> {out / f'q{seed}.npz'}", flush=True)
 
 

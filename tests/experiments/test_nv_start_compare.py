@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qsmgym.experiments import nv_start_compare as sc
-from qsmgym.experiments.nv_gradient_compare import keras_arrays
+from qsmgym.experiments.nv_gradient_compare import keras_arrays, save_weights
 
 
 EPISODES = 64  # one evaluation size for the three stage tests: evaluate compiles once for the file
@@ -62,8 +62,7 @@ def test_ours_stage_on_keras_order_weights_of_our_own_network(tmp_path, capsys, 
     task, _, precondition = small
     for seed in (0, 1):
         p = precondition(jax.random.split(jax.random.PRNGKey(seed))[0])
-        arrays = keras_arrays(p)
-        np.savez(tmp_path / f"q{seed}.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
+        save_weights(tmp_path / f"q{seed}.npz", keras_arrays(p))
     summary = sc._ours_stage(range(0, 2), tmp_path, EPISODES, [], task=task)
     ours = [r for r in summary["rows"] if r["side"] == "ours"]
     theirs = [r for r in summary["rows"] if r["side"] == "qsensoropt"]
@@ -80,7 +79,7 @@ def test_trained_stage_scores_a_network_against_its_record_and_flags_a_wrong_rec
     # gives z = 0 at every n; one 3x too large gives large |z| (64 episodes: SE ~ MSE/8 or less)
     task, mse_n, pre = small
     p = pre(jax.random.PRNGKey(3))
-    np.savez(tmp_path / "q0.npz", **{f"w{i}": a for i, a in enumerate(keras_arrays(p))})
+    save_weights(tmp_path / "q0.npz", keras_arrays(p))
     truth = np.asarray(mse_n(p))
     for seed, scale in ((0, 1.0), (1, 3.0)):
         if seed:
@@ -103,9 +102,9 @@ def test_same_start_stage_trains_ours_from_the_given_start(tmp_path, capsys, sma
     for seed in (0, 1):
         p = pre(jax.random.PRNGKey(10 + seed))
         starts[seed] = p
-        arrays = {f"w{i}": a for i, a in enumerate(keras_arrays(p))}
-        np.savez(tmp_path / f"q{seed}.npz", **arrays)
-        np.savez(trained / f"q{seed}.npz", **{k: v * 0.9 for k, v in arrays.items()})
+        arrays = keras_arrays(p)
+        save_weights(tmp_path / f"q{seed}.npz", arrays)
+        save_weights(trained / f"q{seed}.npz", [a * 0.9 for a in arrays])
     (trained / "qs0.json").write_text(json.dumps({"train_losses": [-4.0, -4.5]}))  # seed 0's run only
     summary = sc._same_start_stage(range(0, 2), tmp_path, trained, EPISODES, steps=2, batch=4, task=task)
     rows = summary["rows"]
