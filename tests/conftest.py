@@ -11,9 +11,23 @@
   XLA's default, as do users and benchmarks. ``QSM_TEST_XLA_OPT=default`` keeps the default
   for any run; an ``xla_backend_optimization_level`` already in XLA_FLAGS is left alone.
   Subprocesses started by tests inherit the setting through the environment.
+- One persistent JAX compilation cache for the whole run: a temporary folder, made by the
+  first pytest process (the xdist controller, or the only process) and removed when it ends,
+  passed to the xdist workers and to the subprocesses that tests start (``qsm`` runs, sweep
+  workers, fresh-interpreter imports) through ``JAX_COMPILATION_CACHE_DIR``. A program that one
+  process compiled is then loaded, not compiled, by the next process that needs it. Same
+  results: the cache returns the executable XLA built for that program, flags and options
+  (all in JAX's cache key). It also serves a process's own re-created jits (a new closure of
+  the same program misses JAX's in-memory cache). Session 23, fresh clone, 2 cores: the default
+  suite took 1070.6 s with it against 1151.5 s without (runs back to back); JAX's monitoring
+  events counted 49 programs loaded from the cache, 78 s of compilation saved (most of it in
+  the two xdist workers). A cache folder already in the environment (the user's own) is used
+  as it is; ``QSM_TEST_JAX_CACHE=off`` turns this off.
 """
 
 import os
+import shutil
+import tempfile
 import warnings
 
 import jax
@@ -21,6 +35,8 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 _OPT_FLAG = "--xla_backend_optimization_level=0"
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_made_cache_dir: str | None = None  # set in the process that made the run's cache folder
 
 
 def _selects_slow(markexpr: str) -> bool:
@@ -28,7 +44,25 @@ def _selects_slow(markexpr: str) -> bool:
     return "slow" in expr and "not slow" not in expr
 
 
+def _use_one_compilation_cache() -> None:
+    global _made_cache_dir
+    if os.environ.get("QSM_TEST_JAX_CACHE", "") == "off":
+        return
+    path = os.environ.get(_CACHE_ENV)
+    if not path:  # first process of the run: xdist starts its workers after this, with this environment
+        path = _made_cache_dir = tempfile.mkdtemp(prefix="qsm-test-jax-cache-")
+        os.environ[_CACHE_ENV] = path
+    # jax read the variable when it was imported, before this: tell it now (nothing compiled yet)
+    jax.config.update("jax_compilation_cache_dir", path)
+
+
+def pytest_unconfigure(config):
+    if _made_cache_dir is not None:
+        shutil.rmtree(_made_cache_dir, ignore_errors=True)
+
+
 def pytest_configure(config):
+    _use_one_compilation_cache()
     flags = os.environ.get("XLA_FLAGS", "")
     if (os.environ.get("QSM_TEST_XLA_OPT", "") == "default" or "xla_backend_optimization_level" in flags
             or _selects_slow(config.option.markexpr or "")):
