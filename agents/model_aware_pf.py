@@ -87,6 +87,7 @@ POLICIES = ("nn", "static")
 LOSSES = ("log", "plain")
 BASELINES = ("none", "batch_mean")
 DTYPES = ("float32", "float64")
+BACKENDS = ("auto", "jax", "native")
 _EPISODES = "episodes"  # the vmapped batch axis of episodes (the filters' fallback draw uses it)
 
 
@@ -122,7 +123,15 @@ class ModelAwarePFConfig:
             value+grad 0.38 -> 0.29 s NN, 0.33 -> 0.23 s static): the loop kept ~25 arrays of
             (batch, particles) per measurement, and zero-filling, writing and reading them
             cost more than the recomputation. It also cuts the memory to the loop's carry.
-            False: store them (measure on an accelerator before choosing).
+            False: store them (measure on an accelerator before choosing). JAX backend only.
+        backend: which code runs the particle filter. "jax": ``agents/particle_filter.py``
+            (the reference; any device, any task). "native": the C++ CPU kernel of
+            ``agents/pf_native.py`` (one unknown, omega: not ``unknown_t2``), one pass per filter
+            and measurement, forward and backward, with the same random numbers as the JAX
+            path; the values agree to rounding (float64: ~1e-15; float32: a resampling draw whose
+            uniform lands within an ulp of a cumulative weight can pick the neighbouring
+            particle). "auto" (default): "native" on a CPU when the task allows it and the
+            kernel compiles, otherwise "jax" (with a warning saying why, on a CPU).
     """
 
     policy: str = "nn"
@@ -144,9 +153,11 @@ class ModelAwarePFConfig:
     n_steps: int | None = None
     dtype: str = "float32"
     remat: bool = True
+    backend: str = "auto"
 
     def __post_init__(self):
         for name, value, choices in (("policy", self.policy, POLICIES), ("loss", self.loss, LOSSES),
+                                     ("backend", self.backend, BACKENDS),
                                      ("baseline", self.baseline, BASELINES), ("dtype", self.dtype, DTYPES)):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {name}={value!r}")
@@ -251,6 +262,10 @@ class _Setup:
         self.n_controls = 2 if task.control_phase else 1
         gains = tanh_gains(self.n_features, config.hidden, self.n_controls)
         self.network = TauNetwork(config.hidden, config.layers, self.n_controls, gains, self.dtype)
+        self.native = resolve_backend(config, task) == "native"
+        if self.native:  # the kernel takes the prior box as static attributes
+            with jax.ensure_compile_time_eval():
+                self.box = tuple(float(np.asarray(b)[0]) for b in task.prior_box(self.params))
 
     # ------------------------------------------------------------------ policy
     def init_policy(self, key) -> Any:
@@ -288,11 +303,14 @@ class _Setup:
         return prng.uniform(k_y, (), self.dtype), resample_noise(k_rs, self.task.n_particles, d, self.dtype)
 
     def batch(self, policy_params, keys) -> dict[str, jnp.ndarray]:
-        """``episode`` for each key of ``keys`` (B, 2): arrays (B, n_steps). Every step's random
+        """``episode`` for each key of ``keys`` (B, 2): arrays (B, n_steps). With the native
+        backend, ``_batch_native`` (the same episodes, same random numbers). Every step's random
         numbers are drawn before the episodes' loop, time-major (n_steps, B, ...), so that
         XLA's CPU back end computes each once, in the layout the loop reads (drawn in the loop,
         the jitter's erf_inv was fused into 3 of the gradient's residual stores; drawn per
         episode, they were transposed). The values are the same as drawing them in the loop."""
+        if self.native:
+            return self._batch_native(policy_params, keys)
         step_keys = jax.vmap(self.step_keys)(keys)  # (B, T, 2)
         noise = jax.vmap(jax.vmap(self.step_noise))(jnp.swapaxes(step_keys, 0, 1))  # (T, B, ...)
         return jax.vmap(lambda k, nz: self.episode(policy_params, k, nz), in_axes=(0, 1),
@@ -347,6 +365,58 @@ class _Setup:
         _, out = jax.lax.scan(body, carry, (noise[0], noise[1], steps))
         return out
 
+    def _batch_native(self, policy_params, keys) -> dict[str, jnp.ndarray]:
+        """``batch`` with the filter step in the native kernel (``pf_native.pf_step``): the
+        episodes of ``episode`` (same keys, same initial filters, same outcomes and resampling
+        noise), the whole batch one kernel call per measurement. The kernel draws the
+        resampling noise itself, from each step's key, for the filters that resample. No remat:
+        the kernel keeps only its inputs and the drawn indices for the backward pass."""
+        from qsmgym.agents import pf_native
+
+        task, params, dtype, config = self.task, self.params, self.dtype, self.config
+        low, high = (jnp.asarray(b, dtype) for b in task.prior_box(params))
+        split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)  # (B, 3, 2): k_theta, k_pf, steps
+        theta = jax.vmap(lambda k: low + (high - low) * jax.random.uniform(k, low.shape, dtype))(split[:, 0])[:, 0]
+        pf = jax.vmap(lambda k: init_uniform(k, task.n_particles, low, high, dtype))(split[:, 1])
+        x, w = pf.particles[..., 0], pf.weights
+        mu, var = _moments(w, x)
+        time_budget = task.budget == "time"
+        b = keys.shape[0]
+        step_keys = jnp.swapaxes(jax.vmap(self.step_keys)(keys), 0, 1)  # (T, B, 2)
+        pairs = jax.vmap(jax.vmap(jax.random.split))(step_keys)  # (T, B, 2, 2): k_y, k_rs of step_noise
+        k_y, k_rs = pairs[:, :, 0], pairs[:, :, 1]
+
+        def body(carry, inputs):
+            x, w, mu, var, resources, done, score = carry
+            k_y, k_rs, step = inputs
+            u = jax.vmap(lambda k: prng.uniform(k, (), dtype))(k_y)
+            if config.stop_gradient_filter:
+                x, w, mu, var = jax.lax.stop_gradient((x, w, mu, var))
+            feats = jax.vmap(lambda m, v, r: features_from_moments(task, params, m[None], v[None, None], step, r)
+                             )(mu, var, resources)
+            if config.stop_gradient_input:
+                feats = jax.lax.stop_gradient(feats)
+            tau, phase = jax.vmap(lambda f: self.controls(policy_params, f, step))(feats)
+            p_plus = ramsey_probability(1.0, theta, tau, phase, params.inv_t2)
+            y = jnp.where(u < jax.lax.stop_gradient(p_plus), 1.0, -1.0).astype(dtype)
+            allowed = ~done & (resources + tau <= params.total_time) if time_budget else ~done
+            decay = jnp.exp(-tau * params.inv_t2)
+            x, w, mu, var = pf_native.pf_step(x, w, k_rs, tau, phase, decay, y, allowed,
+                                              config=task.resample_config, low=self.box[0], high=self.box[1])
+            log_p = jnp.log(jnp.maximum(ramsey_probability(y, theta, tau, phase, params.inv_t2), jnp.finfo(dtype).tiny))
+            score = score + jnp.where(allowed, log_p, 0.0)
+            resources = resources + jnp.where(allowed, tau if time_budget else 1.0, 0.0)
+            if time_budget:
+                done = done | ~allowed | (params.total_time - resources < 1.0)
+            out = {"se": (mu - theta) ** 2, "score": score, "tau": tau, "phase": phase,
+                   "active": allowed.astype(dtype)}
+            return (x, w, mu, var, resources, done, score), out
+
+        zeros = jnp.zeros((b,), dtype)
+        carry = (x, w, mu, var, zeros, jnp.zeros((b,), bool), zeros)
+        _, out = jax.lax.scan(body, carry, (k_y, k_rs, jnp.arange(self.n_steps)))
+        return {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}
+
     # ------------------------------------------------------------------ loss
     def loss(self, policy_params, key) -> tuple[jnp.ndarray, dict]:
         """Surrogate over ``config.batch`` episodes (its gradient is the estimator); aux
@@ -375,8 +445,13 @@ def features(task: BayesianMagnetometry, params, pf: ParticleFilter, step, resou
     [nrm(mu), nrm(log sigma, (-10, 0)), correlation matrix, nrm(step, (0, horizon)),
     nrm(resources, (0, budget))], each clipped to [-1, 1]. Same formula as
     ``BayesianMagnetometry._obs`` (checked in the tests)."""
-    dtype = pf.particles.dtype
     mu, cov = mean_cov(pf)
+    return features_from_moments(task, params, mu, cov, step, resources)
+
+
+def features_from_moments(task: BayesianMagnetometry, params, mu, cov, step, resources) -> jnp.ndarray:
+    """``features`` from the posterior mean (d,) and covariance (d, d) of the filter."""
+    dtype = mu.dtype
     low, high = (jnp.asarray(b, dtype) for b in task.prior_box(params))
     var = jnp.maximum(jnp.diag(cov), jnp.finfo(dtype).tiny)
     sigma = jnp.sqrt(var)
@@ -387,6 +462,46 @@ def features(task: BayesianMagnetometry, params, pf: ParticleFilter, step, resou
         jnp.stack([nrm(jnp.asarray(step, dtype), 0.0, task.horizon), nrm(resources, 0.0, budget)]).astype(dtype),
     ])
     return jnp.clip(feats, -1.0, 1.0)
+
+
+def _moments(w: jnp.ndarray, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Posterior mean and variance of one-parameter filters, weights and particles (..., N)."""
+    mu = jnp.sum(w * x, axis=-1)
+    return mu, jnp.sum(w * (x - mu[..., None]) ** 2, axis=-1)
+
+
+def native_support(config: ModelAwarePFConfig, task: BayesianMagnetometry) -> tuple[bool, str]:
+    """(True, "") if the native kernel can run ``config`` on ``task`` here, else (False, why)."""
+    from qsmgym.agents import pf_native
+
+    if task.unknown_t2:
+        return False, "the native kernel filters omega alone; the task has unknown_t2=True"
+    if task.resample_config.sw_order != "qsensoropt":
+        return False, f"the native kernel has sw_order='qsensoropt' only, got {task.resample_config.sw_order!r}"
+    return pf_native.available()
+
+
+_WARNED: set = set()
+
+
+def resolve_backend(config: ModelAwarePFConfig, task: BayesianMagnetometry) -> str:
+    """The backend ``config.backend`` means for ``task`` here: "jax" or "native".
+
+    Raises:
+        ValueError: backend="native" and the kernel cannot run (the reason in the message)."""
+    if config.backend == "jax":
+        return "jax"
+    ok, why = native_support(config, task)
+    if ok:
+        return "native"
+    if config.backend == "native":
+        raise ValueError(f"backend='native' cannot run here: {why}")
+    if jax.default_backend() == "cpu" and not task.unknown_t2 and why not in _WARNED:
+        _WARNED.add(why)
+        import warnings
+
+        warnings.warn(f"model_aware_pf: backend='auto' uses the JAX particle filter: {why}", RuntimeWarning, stacklevel=3)
+    return "jax"
 
 
 def compiler_options() -> dict[str, str] | None:

@@ -41,6 +41,7 @@ def test_built_wheel_imports_envs(tmp_path):
         "import sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
         "import qsmgym.envs, qsmgym.physics, qsmgym.agents, gymnasium as gym;"
         "print(qsmgym.envs.__file__);"
+        "from qsmgym.agents import pf_native; assert pf_native.SOURCE.is_file(), pf_native.SOURCE;"  # kernel source ships
         "env = gym.make('qsm/KickedTopSensor-v0', j=1); env.reset(seed=0)"
     )
     out = subprocess.run([sys.executable, "-S", "-c", code, str(target), site],

@@ -96,9 +96,10 @@ def _fixed_draw_loss(task, policy, **kwargs):
                          ids=["known_t2", "unknown_t2", "time_budget"])
 def test_batch_draws_the_same_noise_as_each_episode(kwargs):
     # _Setup.batch draws every step's random numbers before the loop, time-major; each
-    # episode drawing its own from its key must give the same trajectories bit for bit
+    # episode drawing its own from its key must give the same trajectories bit for bit (the
+    # JAX filter; the native one is compared with these episodes in test_pf_native.py)
     task = small_task(resample_threshold=0.9, **kwargs)
-    config = mapf.ModelAwarePFConfig(policy="nn", batch=8, dtype="float32", hidden=8, layers=2)
+    config = mapf.ModelAwarePFConfig(policy="nn", batch=8, dtype="float32", hidden=8, layers=2, backend="jax")
     setup = mapf._Setup(config, task, task.default_params())
     p = setup.init_policy(jax.random.PRNGKey(0))
     keys = jax.random.split(jax.random.PRNGKey(4), 8)
@@ -117,7 +118,8 @@ def test_remat_gives_the_stored_forward_values_and_gradient(policy):
     task = small_task(resample_threshold=0.9)
     grads = []
     for remat in (True, False):
-        config = mapf.ModelAwarePFConfig(policy=policy, batch=8, dtype="float64", hidden=8, layers=2, remat=remat)
+        config = mapf.ModelAwarePFConfig(policy=policy, batch=8, dtype="float64", hidden=8, layers=2, remat=remat,
+                                         backend="jax")
         init, loss = mapf.make_loss(config, task, task.default_params())
         p = init(jax.random.PRNGKey(0))
         (value, aux), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(p, jax.random.PRNGKey(2))
@@ -129,9 +131,10 @@ def test_remat_gives_the_stored_forward_values_and_gradient(policy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
     assert max(float(jnp.max(jnp.abs(a))) for a in g1) > 1e-3  # a gradient that is not trivially zero
 
+@pytest.mark.parametrize("backend", ["jax", "native"])
 @pytest.mark.parametrize("policy,resample", [("static", False), ("static", True), ("nn", True)],
                          ids=["static-no_resampling", "static-resampling", "nn-resampling"])
-def test_pathwise_gradient_matches_finite_differences(policy, resample):
+def test_pathwise_gradient_matches_finite_differences(policy, resample, backend):
     # With the outcomes and resampling draws fixed (same key) and no score term, the loss is a
     # smooth function of the policy parameters as long as no outcome or drawn index flips
     # under the 1e-6 perturbation (probability ~1e-6 per draw). The Ścibior–Wood factor is
@@ -142,7 +145,8 @@ def test_pathwise_gradient_matches_finite_differences(policy, resample):
     # h = 1e-6: truncation ~h^2 and round-off ~1e-16/h relative: rtol 1e-5.
     task = small_task(resample=resample, resample_threshold=0.9)
     task.resample_config = ResampleConfig(enabled=resample, threshold=0.9, scibior_wood=False)
-    init, loss = _fixed_draw_loss(task, policy, loss="log", cumulative=True, stop_gradient_input=False)
+    init, loss = _fixed_draw_loss(task, policy, loss="log", cumulative=True, stop_gradient_input=False,
+                                  backend=backend)
     p = init(jax.random.PRNGKey(0))
     if policy == "static":
         p = {"v": jnp.array([0.05, 0.1, 0.2, 0.3, 0.45, 0.6])}
@@ -172,7 +176,8 @@ def test_log_loss_is_the_gradient_of_log_mean_se():
     np.testing.assert_allclose(np.asarray(g_log), np.asarray(g_plain) / value, rtol=1e-10)
 
 
-def test_estimator_expectation_matches_the_gradient_of_the_expected_loss():
+@pytest.mark.parametrize("backend", ["jax", "native"])
+def test_estimator_expectation_matches_the_gradient_of_the_expected_loss(backend):
     # E over (omega, initial particles, outcomes, resampling draws, jitter) of the estimator
     # (pathwise + outcome score term + Ścibior–Wood factors, resampling at every step) must
     # equal d/dv E[SE_N]. The reference is a common-random-numbers central difference of the
@@ -187,7 +192,7 @@ def test_estimator_expectation_matches_the_gradient_of_the_expected_loss():
 
     def per_episode(score):
         config = mapf.ModelAwarePFConfig(policy="static", batch=1, loss="plain", cumulative=False,
-                                         score_function=score, dtype="float64")
+                                         score_function=score, dtype="float64", backend=backend)
         return mapf.make_loss(config, task, params)[1]
 
     loss_sf, loss_pw = per_episode(True), per_episode(False)
@@ -329,6 +334,7 @@ def test_train_vmaps_over_seeds():
     (dict(warmup_steps=-1), ValueError, "warmup_steps"),
     (dict(cumulative="yes"), TypeError, "cumulative"),
     (dict(remat=1), TypeError, "remat"),
+    (dict(backend="cuda"), ValueError, "backend"),
 ])
 def test_bad_config(kwargs, exc, name):
     with pytest.raises(exc, match=name):
