@@ -370,7 +370,21 @@ class _Setup:
         episodes of ``episode`` (same keys, same initial filters, same outcomes and resampling
         noise), the whole batch one kernel call per measurement. The kernel draws the
         resampling noise itself, from each step's key, for the filters that resample. No remat:
-        the kernel keeps only its inputs and the drawn indices for the backward pass."""
+        the kernel keeps only its inputs and the drawn indices for the backward pass.
+
+        With ``stop_gradient_input`` (the default) the policy parameters reach the loss only
+        through the controls, and the policy's backward pass runs once, batched over all
+        measurements, after the loop's (``_controls_after_loop``): the same gradient (to
+        summation order) without a small network backward per measurement."""
+        if self.config.stop_gradient_input:
+            return _controls_after_loop(self, policy_params, keys)
+        return self._native_loop(policy_params, keys, None)[0]
+
+    def _native_loop(self, policy_params, keys, offsets) -> tuple[dict[str, jnp.ndarray], tuple]:
+        """The native batch; ``offsets`` (T, B, n_controls) or None: added to the controls, which
+        are then computed from gradient-stopped policy parameters (their gradient is the
+        offsets'). Returns (outputs (B, T), (the policy inputs (T, B, n_features), and with
+        offsets and the NN policy its activations as ``mlp_forward`` gives them, stacked over T))."""
         from qsmgym.agents import pf_native
 
         task, params, dtype, config = self.task, self.params, self.dtype, self.config
@@ -384,25 +398,40 @@ class _Setup:
         b = keys.shape[0]
         step_keys = jnp.swapaxes(jax.vmap(self.step_keys)(keys), 0, 1)  # (T, B, 2)
         pairs = jax.vmap(jax.vmap(jax.random.split))(step_keys)  # (T, B, 2, 2): k_y, k_rs of step_noise
-        k_y, k_rs = pairs[:, :, 0], pairs[:, :, 1]
+        # every random number of the loop is split off before it, in one batch (inside the loop
+        # each split was a small rolled Threefry loop of its own, per measurement)
+        u_y = jax.vmap(jax.vmap(lambda k: prng.uniform(k, (), dtype)))(pairs[:, :, 0])  # (T, B)
+        key_idx, key_jit = pf_native.split_keys(pairs[:, :, 1])  # (T, B, 2) each
+        if offsets is None:
+            offsets = jnp.zeros((self.n_steps, b, 0), dtype)
+        else:
+            policy_params = jax.lax.stop_gradient(policy_params)
 
         def body(carry, inputs):
             x, w, mu, var, resources, done, score = carry
-            k_y, k_rs, step = inputs
-            u = jax.vmap(lambda k: prng.uniform(k, (), dtype))(k_y)
+            u, key_idx, key_jit, step, off = inputs
             if config.stop_gradient_filter:
                 x, w, mu, var = jax.lax.stop_gradient((x, w, mu, var))
             feats = jax.vmap(lambda m, v, r: features_from_moments(task, params, m[None], v[None, None], step, r)
                              )(mu, var, resources)
             if config.stop_gradient_input:
                 feats = jax.lax.stop_gradient(feats)
-            tau, phase = jax.vmap(lambda f: self.controls(policy_params, f, step))(feats)
+            acts = ()
+            if off.shape[-1] and config.policy == "nn":  # the activations, for mlp_backward
+                o, acts = self.mlp_forward(policy_params, feats)
+                tau, phase = self.controls_from_outputs(o)
+            else:
+                tau, phase = jax.vmap(lambda f: self.controls(policy_params, f, step))(feats)
+            if off.shape[-1]:
+                tau = tau + off[:, 0]
+                if task.control_phase:
+                    phase = phase + off[:, 1]
             p_plus = ramsey_probability(1.0, theta, tau, phase, params.inv_t2)
             y = jnp.where(u < jax.lax.stop_gradient(p_plus), 1.0, -1.0).astype(dtype)
             allowed = ~done & (resources + tau <= params.total_time) if time_budget else ~done
             decay = jnp.exp(-tau * params.inv_t2)
-            x, w, mu, var = pf_native.pf_step(x, w, k_rs, tau, phase, decay, y, allowed,
-                                              config=task.resample_config, low=self.box[0], high=self.box[1])
+            x, w, mu, var = pf_native.pf_step_split(x, w, key_idx, key_jit, tau, phase, decay, y, allowed,
+                                                    config=task.resample_config, low=self.box[0], high=self.box[1])
             log_p = jnp.log(jnp.maximum(ramsey_probability(y, theta, tau, phase, params.inv_t2), jnp.finfo(dtype).tiny))
             score = score + jnp.where(allowed, log_p, 0.0)
             resources = resources + jnp.where(allowed, tau if time_budget else 1.0, 0.0)
@@ -410,12 +439,65 @@ class _Setup:
                 done = done | ~allowed | (params.total_time - resources < 1.0)
             out = {"se": (mu - theta) ** 2, "score": score, "tau": tau, "phase": phase,
                    "active": allowed.astype(dtype)}
-            return (x, w, mu, var, resources, done, score), out
+            return (x, w, mu, var, resources, done, score), (out, (feats, acts))
 
         zeros = jnp.zeros((b,), dtype)
         carry = (x, w, mu, var, zeros, jnp.zeros((b,), bool), zeros)
-        _, out = jax.lax.scan(body, carry, (k_y, k_rs, jnp.arange(self.n_steps)))
-        return {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}
+        _, (out, feats) = jax.lax.scan(body, carry, (u_y, key_idx, key_jit, jnp.arange(self.n_steps), offsets))
+        return {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}, feats
+
+    def controls_batched(self, policy_params, feats) -> jnp.ndarray:
+        """The controls of all measurements at once: feats (T, B, n_features) -> (T, B,
+        n_controls) (tau, then phase with ``control_phase``)."""
+
+        def one(f, step):
+            tau, phase = self.controls(policy_params, f, step)
+            return jnp.stack([tau, phase])[: self.n_controls]
+
+        steps = jnp.arange(feats.shape[0])
+        return jax.vmap(lambda fs, step: jax.vmap(lambda f: one(f, step))(fs))(feats, steps)
+
+    def mlp_forward(self, policy_params, x) -> tuple[jnp.ndarray, tuple]:
+        """``TauNetwork`` on a batch of inputs x (..., n_features), written out: (outputs o
+        (..., n_controls), the hidden layers' tanh values). The same operations as the flax
+        module (Dense = x @ kernel + bias, gain x tanh, tanh output)."""
+        layers = self.config.layers
+        p = policy_params["params"]
+        h, acts = x, []
+        for i in range(layers):
+            a = jnp.tanh(h @ p[f"Dense_{i}"]["kernel"] + p[f"Dense_{i}"]["bias"])
+            acts.append(a)
+            h = self._gain(i) * a
+        o = jnp.tanh(h @ p[f"Dense_{layers}"]["kernel"] + p[f"Dense_{layers}"]["bias"])
+        return o, (tuple(acts), o)
+
+    def mlp_backward(self, policy_params, x, acts, g_o) -> Any:
+        """The parameter gradient of sum(g_o * o) for ``mlp_forward``'s outputs, from its stored
+        activations, over all rows of x (M, n_features) at once (one matrix product per layer
+        and direction instead of JAX's vjp, which recomputed the forward pass)."""
+        layers = self.config.layers
+        p = policy_params["params"]
+        hidden, o = acts
+        hs = [x] + [self._gain(i) * hidden[i] for i in range(layers)]
+        dz = g_o * (1.0 - o * o)
+        grads = {f"Dense_{layers}": {"kernel": hs[layers].T @ dz, "bias": jnp.sum(dz, axis=0)}}
+        dh = dz @ p[f"Dense_{layers}"]["kernel"].T
+        for i in reversed(range(layers)):
+            dz = dh * self._gain(i) * (1.0 - hidden[i] * hidden[i])
+            grads[f"Dense_{i}"] = {"kernel": hs[i].T @ dz, "bias": jnp.sum(dz, axis=0)}
+            if i:
+                dh = dz @ p[f"Dense_{i}"]["kernel"].T
+        return {"params": grads}
+
+    def _gain(self, i: int) -> float:
+        g = self.network.gains
+        return g[0] if i == 0 else (g[2] if i == self.config.layers - 1 else g[1])
+
+    def controls_from_outputs(self, o) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(tau, phase) from network outputs o (..., n_controls), as ``controls`` does."""
+        tau = 1.0 + self.params.prefact * jnp.abs(o[..., 0])
+        phase = jnp.pi * o[..., 1] if self.task.control_phase else jnp.zeros_like(tau)
+        return tau, phase
 
     # ------------------------------------------------------------------ loss
     def loss(self, policy_params, key) -> tuple[jnp.ndarray, dict]:
@@ -438,6 +520,46 @@ class _Setup:
             per_step = jnp.mean(surrogate, axis=0)
         value = jnp.mean(per_step) if config.cumulative else per_step[-1]
         return value, {"loss": value, "mse": mean_se}
+
+
+def _controls_after_loop_impl(setup: "_Setup", policy_params, keys) -> dict[str, jnp.ndarray]:
+    """``setup._native_loop`` with the policy's gradient taken after the loop: the loop runs
+    with zero offsets on the controls (its backward pass gives the loss's cotangent of every
+    control), then one batched vector-Jacobian product over all T x B policy inputs (for the
+    NN, ``mlp_backward`` from the activations the loop kept). Valid when the policy inputs are
+    gradient-stopped (they are then constants of the policy parameters, as the loop's controls
+    are)."""
+    offsets = jnp.zeros((setup.n_steps, keys.shape[0], setup.n_controls), setup.dtype)
+    return setup._native_loop(policy_params, keys, offsets)[0]
+
+
+def _controls_after_loop_fwd(setup, policy_params, keys):
+    offsets = jnp.zeros((setup.n_steps, keys.shape[0], setup.n_controls), setup.dtype)
+    out, vjp_offsets, (feats, acts) = jax.vjp(lambda o: setup._native_loop(policy_params, keys, o), offsets,
+                                              has_aux=True)
+    return out, (policy_params, feats, acts, vjp_offsets)
+
+
+def _controls_after_loop_bwd(setup, res, ct):
+    policy_params, feats, acts, vjp_offsets = res
+    (g_offsets,) = vjp_offsets(ct)  # (T, B, n_controls): d loss / d (tau, phase)
+    if setup.config.policy == "nn":
+        rows = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731  (T, B, ...) -> (T B, ...)
+        hidden, o = acts
+        o = rows(o)
+        g_o = rows(g_offsets)
+        g_o = g_o.at[:, 0].multiply(setup.params.prefact * jnp.sign(o[:, 0]))  # tau = 1 + prefact |o_0|
+        if setup.task.control_phase:
+            g_o = g_o.at[:, 1].multiply(jnp.pi)  # phase = pi o_1
+        g_params = setup.mlp_backward(policy_params, rows(feats), (tuple(rows(a) for a in hidden), o), g_o)
+        return g_params, None
+    _, vjp_params = jax.vjp(lambda p: setup.controls_batched(p, feats), policy_params)
+    (g_params,) = vjp_params(g_offsets)
+    return g_params, None
+
+
+_controls_after_loop = jax.custom_vjp(_controls_after_loop_impl, nondiff_argnums=(0,))
+_controls_after_loop.defvjp(_controls_after_loop_fwd, _controls_after_loop_bwd)
 
 
 def features(task: BayesianMagnetometry, params, pf: ParticleFilter, step, resources) -> jnp.ndarray:

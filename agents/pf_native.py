@@ -207,8 +207,9 @@ def _step_bwd(attrs, res, cts):
 _step.defvjp(_step_fwd, _step_bwd)
 
 
-def _split_keys(key: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(key_idx, key_jit) of ``particle_filter.resample_noise``: split(key, 3)[0] and [2]."""
+def split_keys(key: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(key_idx, key_jit) of ``particle_filter.resample_noise`` for raw keys (..., 2):
+    split(key, 3)[0] and [2], each (..., 2)."""
     flat = key.reshape(-1, 2)
     parts = jax.vmap(lambda k: jax.random.split(k, 3))(flat)
     return parts[:, 0].reshape(key.shape), parts[:, 2].reshape(key.shape)
@@ -252,9 +253,18 @@ def pf_step(x, w, key, tau, phase, decay, y, allowed, *, config: ResampleConfig 
         if value.dtype != want:
             raise ValueError(f"{name} must have dtype {jnp.dtype(want)}, got {name}.dtype={value.dtype}")
         conv[name] = value
-    key_idx, key_jit = _split_keys(key)
+    key_idx, key_jit = split_keys(key)
     return _step(_attrs(config, float(low), float(high)), x, w, key_idx, key_jit, conv["tau"], conv["phase"],
                  conv["decay"], conv["y"], conv["allowed"])
+
+
+def pf_step_split(x, w, key_idx, key_jit, tau, phase, decay, y, allowed, *,
+                  config: ResampleConfig = ResampleConfig(), low: float = 0.0, high: float = 1.0):
+    """``pf_step`` with the resampling key already split (``split_keys``): a loop over
+    measurements can split all its keys at once, before the loop (``model_aware_pf`` does).
+    No argument checks beyond the kernel's own sizes: call ``pf_step`` first when in doubt."""
+    load()
+    return _step(_attrs(config, float(low), float(high)), x, w, key_idx, key_jit, tau, phase, decay, y, allowed)
 
 
 def normals(key, n: int, dtype=jnp.float32) -> jnp.ndarray:

@@ -113,21 +113,31 @@ void search(T* cdf, const T* u, int64_t n, int32_t* idx, int32_t* start) {
   }
   const T g = static_cast<T>(n) / total;
   const T top = static_cast<T>(n - 1);
-  auto bucket = [g, top, n](T t) -> int64_t {
+  auto bucket = [g, top](T t) -> int32_t {
     T v = t * g;
-    return v < top ? (v >= 0 ? static_cast<int64_t>(v) : 0) : n - 1;
+    v = v < top ? (v >= 0 ? v : T(0)) : top;  // NaN -> top
+    return static_cast<int32_t>(v);
   };
   for (int64_t b = 0; b <= n; ++b) start[b] = 0;
   for (int64_t j = 0; j < n; ++j) start[bucket(cdf[j]) + 1] += 1;
   for (int64_t b = 1; b <= n; ++b) start[b] += start[b - 1];
+  const T* __restrict c = cdf;
+  const int32_t* __restrict st = start;
+  int32_t* __restrict out = idx;
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {  // vectorised: gathers of start and cdf
+    const T t = u[k] * total;
+    int32_t i = st[bucket(t)];
+    i += c[i] <= t ? 1 : 0;
+    i += c[i] <= t ? 1 : 0;
+    i += c[i] <= t ? 1 : 0;
+    out[k] = i;
+  }
   for (int64_t k = 0; k < n; ++k) {
     const T t = u[k] * total;
-    int64_t i = start[bucket(t)];
-    i += cdf[i] <= t;
-    i += cdf[i] <= t;
-    i += cdf[i] <= t;
-    while (cdf[i] <= t) ++i;  // only when a bucket holds more than three entries
-    idx[k] = static_cast<int32_t>(std::min<int64_t>(i, n - 1));
+    int64_t i = out[k];
+    while (c[i] <= t) ++i;  // only when a bucket holds more than three entries
+    out[k] = static_cast<int32_t>(std::min<int64_t>(i, n - 1));
   }
 }
 
@@ -354,17 +364,23 @@ bool draw(const Params<T>& p, const T* u, Scratch<T>& s, int32_t* idx) {
   }
   search(cdf, u, n, idx, s.start.data());
   T tn = 0;
-  bool finite = true;
-  for (int64_t k = 0; k < n; ++k) {
-    T wi = w2[idx[k]];
-    T qi = p.alpha * wi + p.c0;
-    T r = wi / qi;
-    s.q[k] = qi;
-    s.r[k] = r;
-    tn += r;
-    finite &= std::isfinite(r);
+  int32_t bad = 0;
+  {
+    const int32_t* __restrict ix = idx;
+    T* __restrict qv = s.q.data();
+    T* __restrict rv = s.r.data();
+#pragma omp simd reduction(+ : tn, bad)
+    for (int64_t k = 0; k < n; ++k) {
+      T wi = w2[ix[k]];
+      T qi = p.alpha * wi + p.c0;
+      T r = wi / qi;
+      qv[k] = qi;
+      rv[k] = r;
+      tn += r;
+      bad += std::isfinite(r) ? 0 : 1;
+    }
   }
-  bool valid = std::isfinite(tn) && tn > 0 && finite;
+  bool valid = std::isfinite(tn) && tn > 0 && bad == 0;
   if (valid) {
     for (int64_t k = 0; k < n; ++k) s.r[k] = s.r[k] / tn;
   } else {
@@ -382,7 +398,11 @@ bool draw(const Params<T>& p, const T* u, Scratch<T>& s, int32_t* idx) {
   return valid;
 }
 
-inline bool sw_ok(double q) { return q > 0 && std::isfinite(q); }
+// q > 0 and finite (NaN fails both comparisons)
+template <typename T>
+inline bool sw_ok(T q) {
+  return q > 0 && q <= std::numeric_limits<T>::max();
+}
 
 template <typename T>
 inline bool resample_needed(const Params<T>& p, const T* w2) {
@@ -422,11 +442,16 @@ void forward_one(const Params<T>& p, const T* x, const T* w, const uint32_t* key
       if (draw(p, s.u.data(), s, idx)) f |= kValid;
       const T root = var > 0 ? std::sqrt(var) : T(0);
       const T shift = p.omb * mu;
-      const T* z = s.z.data();
+      const T* __restrict z = s.z.data();
+      const T* __restrict rv = s.r.data();
+      const int32_t* __restrict ix = idx;
+      T* __restrict xo_ = xo;
+      T* __restrict wo_ = wo;
+#pragma omp simd
       for (int64_t k = 0; k < n; ++k) {
-        T xn = (p.beta * x[idx[k]] + shift) + p.scale * (z[k] * root);
-        xo[k] = std::min(std::max(xn, p.low), p.high);
-        wo[k] = s.r[k];
+        T xn = (p.beta * x[ix[k]] + shift) + p.scale * (z[k] * root);
+        xo_[k] = std::min(std::max(xn, p.low), p.high);
+        wo_[k] = rv[k];
       }
     }
   }
@@ -476,18 +501,26 @@ void backward_one(const Params<T>& p, const T* x, const T* w, const uint32_t* ke
     normals(key_jit, n, s.z.data());
     root = var > 0 ? std::sqrt(var) : T(0);
     const T shift = p.omb * mu;
-    const T* z = s.z.data();
+    const T* __restrict z = s.z.data();
+    const int32_t* __restrict ix = idx;
+    T* __restrict xn_ = s.xn.data();
+    T* __restrict xo_ = s.xo.data();
+    T* __restrict r_ = r;
+    T* __restrict q_ = qv;
+#pragma omp simd reduction(+ : tn)
     for (int64_t k = 0; k < n; ++k) {
-      T xn = (p.beta * x[idx[k]] + shift) + p.scale * (z[k] * root);
-      s.xn[k] = xn;
-      s.xo[k] = std::min(std::max(xn, p.low), p.high);
-      T wi = w2[idx[k]];
+      T xn = (p.beta * x[ix[k]] + shift) + p.scale * (z[k] * root);
+      xn_[k] = xn;
+      xo_[k] = std::min(std::max(xn, p.low), p.high);
+      T wi = w2[ix[k]];
       T qi = valid ? p.alpha * wi + p.c0 : wi;
-      r[k] = valid ? wi / qi : p.inv_n;
-      qv[k] = qi;
-      tn += r[k];
+      T rk = valid ? wi / qi : p.inv_n;
+      r_[k] = rk;
+      q_[k] = qi;
+      tn += rk;
     }
-    for (int64_t k = 0; k < n; ++k) s.wo[k] = valid ? r[k] / tn : p.inv_n;
+    T* __restrict wo_ = s.wo.data();
+    for (int64_t k = 0; k < n; ++k) wo_[k] = valid ? r_[k] / tn : p.inv_n;
     xo = s.xo.data();
     wo = s.wo.data();
   }
@@ -515,38 +548,51 @@ void backward_one(const Params<T>& p, const T* x, const T* w, const uint32_t* ke
   } else {
     std::memset(gx, 0, n * sizeof(T));
     std::memset(gw2, 0, n * sizeof(T));
-    const T* z = s.z.data();
+    const T* __restrict z = s.z.data();
+    const T* __restrict xn_ = s.xn.data();
+    const T* __restrict gxo_ = gxo;
+    T* __restrict tmp = s.u.data();  // the contributions, then one scalar scatter
     T gmu = 0, groot = 0;
     // Liu-West move and clip
+#pragma omp simd reduction(+ : gmu, groot)
     for (int64_t k = 0; k < n; ++k) {
-      T g = gxo[k] * clip_grad(s.xn[k], p.low, p.high);
-      gx[idx[k]] += p.beta * g;
+      T g = gxo_[k] * clip_grad(xn_[k], p.low, p.high);
+      tmp[k] = p.beta * g;
       gmu += g;
       groot += z[k] * g;
     }
+    for (int64_t k = 0; k < n; ++k) gx[idx[k]] += tmp[k];
     gmu *= p.omb;
     groot *= p.scale;
     const T gvar = var > 0 ? groot * (T(0.5) / root) : T(0);
     // weights (the Scibior-Wood factor q_i / sg(q_i) adds g_wo nw / q_i to g_q)
+    const T* __restrict gwo_ = gwo;
+    const T* __restrict wo_ = wo;
+    const T* __restrict q_ = qv;
+    const T* __restrict r_ = r;
     if (valid) {
       T dot = 0;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t k = 0; k < n; ++k) dot += gwo[k] * wo[k];
+      for (int64_t k = 0; k < n; ++k) dot += gwo_[k] * wo_[k];
+      const T inv_tn = T(1) / tn;
+#pragma omp simd
       for (int64_t k = 0; k < n; ++k) {
-        T qi = qv[k];
-        T g_qi = (p.sw && sw_ok(qi)) ? gwo[k] * wo[k] / qi : T(0);
-        T gr = (gwo[k] - dot) / tn;
-        T g_wi = gr / qi;
-        g_qi += -gr * r[k] / qi;
-        g_wi += p.alpha * g_qi;
-        gw2[idx[k]] += g_wi;
+        T qi = q_[k];
+        T iq = T(1) / qi;
+        T g_qi = (p.sw && sw_ok(qi)) ? gwo_[k] * wo_[k] * iq : T(0);
+        T gr = (gwo_[k] - dot) * inv_tn;
+        T g_wi = gr * iq;
+        g_qi -= gr * r_[k] * iq;
+        tmp[k] = g_wi + p.alpha * g_qi;
       }
     } else {
+#pragma omp simd
       for (int64_t k = 0; k < n; ++k) {
-        T qi = qv[k];
-        if (p.sw && sw_ok(qi)) gw2[idx[k]] += gwo[k] * p.inv_n / qi;
+        T qi = q_[k];
+        tmp[k] = (p.sw && sw_ok(qi)) ? gwo_[k] * p.inv_n / qi : T(0);
       }
     }
+    for (int64_t k = 0; k < n; ++k) gw2[idx[k]] += tmp[k];
     // pre-resampling moments mu = sum w2 x, var = sum w2 (x - mu)^2
     T dsum2 = 0;
 #pragma omp simd reduction(+ : dsum2)

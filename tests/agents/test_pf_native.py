@@ -102,7 +102,7 @@ def test_step_equals_the_jax_filter_in_float64(threshold, jitter, sw):
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-13)
     flags = jax.jit(lambda *a: pf_native._forward(pf_native._attrs(config, 0.0, 1.0), *a))(
-        args["x"], args["w"], *pf_native._split_keys(args["key"]), args["tau"], args["phase"], args["decay"],
+        args["x"], args["w"], *pf_native.split_keys(args["key"]), args["tau"], args["phase"], args["decay"],
         args["y"], args["allowed"])[5]
     flags = np.asarray(flags)
     resampled = (flags & 1) == 1
@@ -165,14 +165,17 @@ def test_step_in_float32_agrees_but_for_rare_neighbouring_draws():
         np.testing.assert_allclose(np.asarray(a)[rows], np.asarray(b)[rows], rtol=2e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("policy", ["nn", "static"])
-def test_loss_and_gradient_equal_the_jax_backend_in_float64(policy):
-    task = BayesianMagnetometry(n_measurements=8, n_particles=96, resample_threshold=0.7)
+@pytest.mark.parametrize("stop_gradient_input", [True, False], ids=["policy_grad_after_loop", "through_inputs"])
+@pytest.mark.parametrize("policy,control_phase", [("nn", False), ("nn", True), ("static", False)])
+def test_loss_and_gradient_equal_the_jax_backend_in_float64(policy, control_phase, stop_gradient_input):
+    # stop_gradient_input=True: the native path takes the policy's gradient after the loop
+    # (model_aware_pf._controls_after_loop, mlp_backward for the NN); False: in the loop
+    task = BayesianMagnetometry(n_measurements=8, n_particles=96, resample_threshold=0.7, control_phase=control_phase)
     params = task.default_params()
     out = {}
     for backend in ("jax", "native"):
-        config = mapf.ModelAwarePFConfig(policy=policy, batch=16, dtype="float64", hidden=8, layers=2,
-                                         stop_gradient_input=False, backend=backend)
+        config = mapf.ModelAwarePFConfig(policy=policy, batch=16, dtype="float64", hidden=8, layers=3,
+                                         stop_gradient_input=stop_gradient_input, backend=backend)
         init, loss = mapf.make_loss(config, task, params)
         p = init(jax.random.PRNGKey(0))
         (value, aux), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(p, jax.random.PRNGKey(1))
