@@ -19,6 +19,10 @@ qsensoropt rows are skipped with a message. Both write the same JSON keys: mode,
 mse_n (MSE after each measurement), mse_final, mse_samples (per-episode SE at n = 24),
 compile_s, sec_per_step, peak_mem_mb.
 
+Our particle filter runs in the native C++ kernel (agents/pf_native.py) where it can
+(``--backend auto``, the default, on a CPU); ``--backend jax`` times the JAX filter instead. The
+record's "backend" says which ran.
+
 Our ``sec_per_step`` is the wall time of the compiled training after compilation, less the
 NN's preconditioning fit (timed separately), divided by the number of Adam steps.
 ``compile_s`` is tracing + XLA compilation of the whole training program. Peak memory is the
@@ -51,7 +55,7 @@ def _peak_mb() -> float:
 
 
 def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, baseline: str = "none",
-             learning_rate: float | None = None, warmup_steps: int = 0) -> dict:
+             learning_rate: float | None = None, warmup_steps: int = 0, backend: str = "auto") -> dict:
     """Train and evaluate one arm in this process; returns the shared JSON record."""
     import jax
 
@@ -62,7 +66,8 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
     params = task.default_params()
     config = mapf.ModelAwarePFConfig(policy=mode, iterations=steps, batch=batch,
                                      checkpoint_every=min(128, steps), dtype="float32",
-                                     baseline=baseline, warmup_steps=warmup_steps)
+                                     baseline=baseline, warmup_steps=warmup_steps, backend=backend)
+    used = mapf.resolve_backend(config, task)
     hyper = mapf.default_hyper(mode)
     if learning_rate is not None:
         hyper["learning_rate"] = jax.numpy.asarray(learning_rate)
@@ -95,6 +100,7 @@ def run_ours(mode: str, seed: int, steps: int, batch: int, eval_episodes: int, b
         "block_losses": np.asarray(result.block_losses).tolist(), "best_block": int(result.best_block),
         "jax_version": jax.__version__, "loadavg": os.getloadavg(),
         "sw_order": task.resample_config.sw_order,  # where the Ścibior–Wood factor is attached
+        "backend": used,  # the particle filter that ran: "native" (C++ kernel) or "jax"
     }
 
 
@@ -277,6 +283,8 @@ def main(argv=None) -> int:
                         help="leave qsensoropt at its spec rate when --learning-rate is given")
     parser.add_argument("--warmup-steps", type=int, default=0,
                         help="our agent's linear learning-rate warm-up (spec NV-DC-24 and qsensoropt: 0)")
+    parser.add_argument("--backend", choices=("auto", "jax", "native"), default="auto",
+                        help="our particle filter (model_aware_pf backend; auto: the native kernel on a CPU)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per qsensoropt run, seconds")
     parser.add_argument("--out-dir", default=None, help="write summary.json (and the raw records) here")
     parser.add_argument("--from-summary", nargs="+", default=None,
@@ -296,7 +304,7 @@ def main(argv=None) -> int:
     if args.worker:  # one arm in this process
         if args.worker in MODES:
             record = run_ours(args.worker, args.seed, args.steps, args.batch, args.eval_episodes, args.baseline,
-                              args.learning_rate, args.warmup_steps)
+                              args.learning_rate, args.warmup_steps, args.backend)
         else:
             record = run_heuristic(args.worker, args.seed, args.eval_episodes)
         Path(args.out).write_text(json.dumps(record))
@@ -337,7 +345,7 @@ def run_arms(args) -> dict[str, list[dict]]:
     qsensoropt's; returns the records per arm."""
     me = [sys.executable, "-m", "qsmgym.experiments.nv_side_by_side"]
     common = ["--steps", str(args.steps), "--batch", str(args.batch), "--eval-episodes", str(args.eval_episodes),
-              "--baseline", args.baseline, "--warmup-steps", str(args.warmup_steps)] + ([] if args.learning_rate is None else
+              "--baseline", args.baseline, "--warmup-steps", str(args.warmup_steps), "--backend", args.backend] + ([] if args.learning_rate is None else
                                               ["--learning-rate", str(args.learning_rate)])
     print(f"NV-DC-24 side by side: {args.steps} Adam steps at batch {args.batch}, {args.eval_episodes} evaluation "
           f"episodes, seeds {args.seeds}; host {os.cpu_count()} CPUs, load average {os.getloadavg()}", flush=True)
