@@ -375,7 +375,7 @@ class _Setup:
         With ``stop_gradient_input`` (the default) the policy parameters reach the loss only
         through the controls, and the policy's backward pass runs once, batched over all
         measurements, after the loop's (``_controls_after_loop``): the same gradient (to
-        summation order) without a small network backward per measurement."""
+        summation order) without a small network backward pass per measurement."""
         if self.config.stop_gradient_input:
             return _controls_after_loop(self, policy_params, keys)
         return self._native_loop(policy_params, keys, None)[0]
@@ -383,8 +383,7 @@ class _Setup:
     def _native_loop(self, policy_params, keys, offsets) -> tuple[dict[str, jnp.ndarray], tuple]:
         """The native batch; ``offsets`` (T, B, n_controls) or None: added to the controls, which
         are then computed from gradient-stopped policy parameters (their gradient is the
-        offsets'). Returns (outputs (B, T), (the policy inputs (T, B, n_features), and with
-        offsets and the NN policy its activations as ``mlp_forward`` gives them, stacked over T))."""
+        offsets'). Returns (outputs (B, T), the policy inputs (T, B, n_features))."""
         from qsmgym.agents import pf_native
 
         task, params, dtype, config = self.task, self.params, self.dtype, self.config
@@ -416,12 +415,7 @@ class _Setup:
                              )(mu, var, resources)
             if config.stop_gradient_input:
                 feats = jax.lax.stop_gradient(feats)
-            acts = ()
-            if off.shape[-1] and config.policy == "nn":  # the activations, for mlp_backward
-                o, acts = self.mlp_forward(policy_params, feats)
-                tau, phase = self.controls_from_outputs(o)
-            else:
-                tau, phase = jax.vmap(lambda f: self.controls(policy_params, f, step))(feats)
+            tau, phase = jax.vmap(lambda f: self.controls(policy_params, f, step))(feats)
             if off.shape[-1]:
                 tau = tau + off[:, 0]
                 if task.control_phase:
@@ -439,7 +433,7 @@ class _Setup:
                 done = done | ~allowed | (params.total_time - resources < 1.0)
             out = {"se": (mu - theta) ** 2, "score": score, "tau": tau, "phase": phase,
                    "active": allowed.astype(dtype)}
-            return (x, w, mu, var, resources, done, score), (out, (feats, acts))
+            return (x, w, mu, var, resources, done, score), (out, feats)
 
         zeros = jnp.zeros((b,), dtype)
         carry = (x, w, mu, var, zeros, jnp.zeros((b,), bool), zeros)
@@ -493,12 +487,6 @@ class _Setup:
         g = self.network.gains
         return g[0] if i == 0 else (g[2] if i == self.config.layers - 1 else g[1])
 
-    def controls_from_outputs(self, o) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """(tau, phase) from network outputs o (..., n_controls), as ``controls`` does."""
-        tau = 1.0 + self.params.prefact * jnp.abs(o[..., 0])
-        phase = jnp.pi * o[..., 1] if self.task.control_phase else jnp.zeros_like(tau)
-        return tau, phase
-
     # ------------------------------------------------------------------ loss
     def loss(self, policy_params, key) -> tuple[jnp.ndarray, dict]:
         """Surrogate over ``config.batch`` episodes (its gradient is the estimator); aux
@@ -526,7 +514,8 @@ def _controls_after_loop_impl(setup: "_Setup", policy_params, keys) -> dict[str,
     """``setup._native_loop`` with the policy's gradient taken after the loop: the loop runs
     with zero offsets on the controls (its backward pass gives the loss's cotangent of every
     control), then one batched vector-Jacobian product over all T x B policy inputs (for the
-    NN, ``mlp_backward`` from the activations the loop kept). Valid when the policy inputs are
+    NN, its forward pass again, batched, and ``mlp_backward``: keeping the loop's activations
+    instead cost more in stacking than the recomputation). Valid when the policy inputs are
     gradient-stopped (they are then constants of the policy parameters, as the loop's controls
     are)."""
     offsets = jnp.zeros((setup.n_steps, keys.shape[0], setup.n_controls), setup.dtype)
@@ -535,23 +524,21 @@ def _controls_after_loop_impl(setup: "_Setup", policy_params, keys) -> dict[str,
 
 def _controls_after_loop_fwd(setup, policy_params, keys):
     offsets = jnp.zeros((setup.n_steps, keys.shape[0], setup.n_controls), setup.dtype)
-    out, vjp_offsets, (feats, acts) = jax.vjp(lambda o: setup._native_loop(policy_params, keys, o), offsets,
-                                              has_aux=True)
-    return out, (policy_params, feats, acts, vjp_offsets)
+    out, vjp_offsets, feats = jax.vjp(lambda o: setup._native_loop(policy_params, keys, o), offsets, has_aux=True)
+    return out, (policy_params, feats, vjp_offsets)
 
 
 def _controls_after_loop_bwd(setup, res, ct):
-    policy_params, feats, acts, vjp_offsets = res
+    policy_params, feats, vjp_offsets = res
     (g_offsets,) = vjp_offsets(ct)  # (T, B, n_controls): d loss / d (tau, phase)
     if setup.config.policy == "nn":
         rows = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731  (T, B, ...) -> (T B, ...)
-        hidden, o = acts
-        o = rows(o)
+        o, acts = setup.mlp_forward(policy_params, rows(feats))  # recomputed, batched over T x B
         g_o = rows(g_offsets)
         g_o = g_o.at[:, 0].multiply(setup.params.prefact * jnp.sign(o[:, 0]))  # tau = 1 + prefact |o_0|
         if setup.task.control_phase:
             g_o = g_o.at[:, 1].multiply(jnp.pi)  # phase = pi o_1
-        g_params = setup.mlp_backward(policy_params, rows(feats), (tuple(rows(a) for a in hidden), o), g_o)
+        g_params = setup.mlp_backward(policy_params, rows(feats), acts, g_o)
         return g_params, None
     _, vjp_params = jax.vjp(lambda p: setup.controls_batched(p, feats), policy_params)
     (g_params,) = vjp_params(g_offsets)
