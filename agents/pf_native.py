@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from qsmgym.agents.particle_filter import JITTERS, ResampleConfig
+from qsmgym.agents.particle_filter import ResampleConfig, _check_config
 
 SOURCE = Path(__file__).with_name("native") / "pf_step.cc"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-w")
@@ -151,8 +151,7 @@ def available() -> tuple[bool, str]:
 
 @functools.lru_cache(maxsize=None)
 def _attrs(config: ResampleConfig, low: float, high: float) -> tuple:
-    if config.jitter not in JITTERS:
-        raise ValueError(f"jitter must be one of {JITTERS}, got jitter={config.jitter!r}")
+    _check_config(config)
     if config.sw_order != "qsensoropt":
         raise ValueError(f"the native kernel implements sw_order='qsensoropt' only, got sw_order={config.sw_order!r}")
     beta = float(config.beta)

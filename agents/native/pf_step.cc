@@ -83,13 +83,6 @@ inline void cos_sin(double x, double* c, double* s) {
   *s = std::sin(x);
 }
 
-template <typename T>
-inline T cos_only(T x) {
-  T c, s;
-  cos_sin(x, &c, &s);
-  return c;
-}
-
 // ---------------------------------------------------------------- inverse-CDF search
 // idx_k = min(#{j: cdf_j <= t_k}, N - 1), t_k = u_k * cdf[N-1], exactly as the JAX search.
 // A guide table: f(t) = bucket of t among N equal buckets of [0, total] is monotone in t (a
