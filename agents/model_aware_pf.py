@@ -389,30 +389,59 @@ class _Setup:
         return out
 
     def _batch_native(self, policy_params, keys) -> dict[str, jnp.ndarray]:
-        """``batch`` with the filter step in the native kernel (``pf_native.pf_step``): the
-        episodes of ``episode`` (same keys, same initial filters, same outcomes and resampling
-        noise), the whole batch one kernel call per measurement. The kernel draws the
-        resampling noise itself, from each step's key, for the filters that resample. No remat:
-        the kernel keeps only its inputs and the drawn indices for the backward pass.
+        """``batch`` with the filter step in the native kernel (``pf_native``): the episodes of
+        ``episode`` (same keys, same initial filters, same outcomes and resampling noise), the
+        whole batch one kernel call per measurement. The kernel draws the resampling noise
+        itself, from each step's key, for the filters that resample. No remat: the kernel keeps
+        only its inputs and the drawn indices for the backward pass.
 
-        With ``stop_gradient_input`` (the default) the policy parameters reach the loss only
-        through the controls, and the policy's backward pass runs once, batched over all
-        measurements, after the loop's (``_controls_after_loop``): the same gradient (to
-        summation order) without a small network backward pass per measurement."""
+        With ``stop_gradient_input`` (the default) the controls depend on the filter only through
+        gradient-stopped inputs, so the loss's gradient reaches the policy parameters only
+        through the controls: ``_controls_after_loop`` runs the loop with the kernel's in-place
+        stacks (``_native_forward``), then the filter's backward pass as a loop of its own
+        (``_native_backward``), then the policy's backward pass once, batched over all
+        measurements. Without it, the per-step ``pf_native.pf_step_split`` (a ``custom_vjp``)
+        inside the loop, and JAX differentiates the loop."""
         if self.config.stop_gradient_input:
             return _controls_after_loop(self, policy_params, keys)
-        return self._native_loop(policy_params, keys, None)[0]
+        return self._native_loop(policy_params, keys, self._pf_step_split, self._xw)[0]
 
-    def _native_loop(self, policy_params, keys, offsets) -> tuple[dict[str, jnp.ndarray], tuple]:
-        """The native batch; ``offsets`` (T, B, n_controls) or None: added to the controls, which
-        are then computed from gradient-stopped policy parameters (their gradient is the
-        offsets'). Returns (outputs (B, T), the policy inputs (T, B, n_features))."""
+    # the filter state of the two native loops: (x, w) for the per-step kernel, the stacks
+    # (X, W, IDX) for the in-place one; each step returns (state, mu, var, residuals)
+    @staticmethod
+    def _xw(x, w) -> tuple:
+        return (x, w)
+
+    def _stacks(self, x, w) -> tuple:
+        from qsmgym.agents import pf_native
+
+        return pf_native.loop_init(x, w, self.n_steps)
+
+    def _pf_step_split(self, state, step, key_idx, key_jit, tau, phase, decay, y, allowed) -> tuple:
+        from qsmgym.agents import pf_native
+
+        x, w, mu, var = pf_native.pf_step_split(*state, key_idx, key_jit, tau, phase, decay, y, allowed,
+                                                config=self.task.resample_config, low=self.box[0], high=self.box[1])
+        return (x, w), mu, var, ()
+
+    def _loop_forward(self, stacks, step, key_idx, key_jit, tau, phase, decay, y, allowed) -> tuple:
+        from qsmgym.agents import pf_native
+
+        stacks, mu, var, flags = pf_native.loop_forward(stacks, step, key_idx, key_jit, tau, phase, decay, y, allowed,
+                                                        config=self.task.resample_config, low=self.box[0],
+                                                        high=self.box[1])
+        return stacks, mu, var, (key_jit, decay, y, mu, flags)
+
+    def _native_loop(self, policy_params, keys, filter_step, make_state) -> tuple:
+        """The native batch's loop over measurements, with ``filter_step`` (``_pf_step_split``
+        or ``_loop_forward``) on the filter state ``make_state(x0, w0)``. Returns (outputs (B, T),
+        the policy inputs (T, B, n_features), the final filter state, the steps' residuals
+        (T, B, ...))."""
         from qsmgym.agents import pf_native
 
         task, params, dtype, config = self.task, self.params, self.dtype, self.config
         theta, pf = jax.vmap(self.start)(keys)
         omega, rate = theta[:, 0], params.inv_t2
-        x, w = pf.particles[..., 0], pf.weights
         mu, cov = jax.vmap(mean_cov)(pf)
         mu, var = mu[:, 0], cov[:, 0, 0]
         b = keys.shape[0]
@@ -422,36 +451,77 @@ class _Setup:
         # each split was a small rolled Threefry loop of its own, per measurement)
         u_y = jax.vmap(jax.vmap(lambda k: prng.uniform(k, (), dtype)))(pairs[:, :, 0])  # (T, B)
         key_idx, key_jit = pf_native.split_keys(pairs[:, :, 1])  # (T, B, 2) each
-        if offsets is None:
-            offsets = jnp.zeros((self.n_steps, b, 0), dtype)
-        else:
-            policy_params = jax.lax.stop_gradient(policy_params)
 
         def body(carry, inputs):
-            x, w, mu, var, resources, done, score = carry
-            u, key_idx, key_jit, step, off = inputs
+            state, mu, var, resources, done, score = carry
+            u, key_idx, key_jit, step = inputs
             if config.stop_gradient_filter:
-                x, w, mu, var = jax.lax.stop_gradient((x, w, mu, var))
+                state, mu, var = jax.lax.stop_gradient((state, mu, var))
             feats = jax.vmap(lambda m, v, r: features_from_moments(task, params, m[None], v[None, None], step, r)
                              )(mu, var, resources)
             if config.stop_gradient_input:
                 feats = jax.lax.stop_gradient(feats)
             tau, phase = jax.vmap(lambda f: self.controls(policy_params, f, step))(feats)
-            if off.shape[-1]:
-                tau = tau + off[:, 0]
-                if task.control_phase:
-                    phase = phase + off[:, 1]
             y, allowed = self.outcome(omega, rate, tau, phase, u, resources, done)
             decay = jnp.exp(-tau * rate)
-            x, w, mu, var = pf_native.pf_step_split(x, w, key_idx, key_jit, tau, phase, decay, y, allowed,
-                                                    config=task.resample_config, low=self.box[0], high=self.box[1])
+            state, mu, var, res = filter_step(state, step, key_idx, key_jit, tau, phase, decay, y, allowed)
             resources, done, score, out = self.account(omega, rate, tau, phase, y, allowed, mu, resources, done, score)
-            return (x, w, mu, var, resources, done, score), (out, feats)
+            return (state, mu, var, resources, done, score), (out, feats, res)
 
         zeros = jnp.zeros((b,), dtype)
-        carry = (x, w, mu, var, zeros, jnp.zeros((b,), bool), zeros)
-        _, (out, feats) = jax.lax.scan(body, carry, (u_y, key_idx, key_jit, jnp.arange(self.n_steps), offsets))
-        return {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}, feats
+        carry = (make_state(pf.particles[..., 0], pf.weights), mu, var, zeros, jnp.zeros((b,), bool), zeros)
+        (state, *_), (out, feats, res) = jax.lax.scan(body, carry, (u_y, key_idx, key_jit,
+                                                                     jnp.arange(self.n_steps, dtype=jnp.int32)))
+        return {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}, feats, state, (omega, out, res)
+
+    def _native_forward(self, policy_params, keys) -> tuple:
+        """The native batch's values (no JAX derivative) with the in-place stacks, and what
+        ``_native_backward`` needs: (outputs (B, T), residuals)."""
+        out, feats, stacks, (omega, steps, res) = self._native_loop(jax.lax.stop_gradient(policy_params), keys,
+                                                                    self._loop_forward, self._stacks)
+        return out, (feats, stacks, omega, steps, res)
+
+    def _native_backward(self, residuals, ct) -> jnp.ndarray:
+        """The cotangent of the controls (T, B, n_controls) (tau, then phase with
+        ``control_phase``) for the cotangent ``ct`` of ``_native_forward``'s outputs, the
+        policy inputs held fixed (``stop_gradient_input``): the outputs' own dependence on the
+        controls and on the posterior means (``account``, by ``jax.vjp``), then the filter's,
+        step by step from the last (``pf_native.loop_backward``)."""
+        from qsmgym.agents import pf_native
+
+        _, stacks, omega, steps, (key_jit, decay, y, mu, flags) = residuals
+        task, params, dtype = self.task, self.params, self.dtype
+        rate, tiny = params.inv_t2, jnp.finfo(dtype).tiny
+        allowed = steps["active"] > 0
+        ct = {k: jnp.swapaxes(v, 0, 1) for k, v in ct.items()}  # (T, B)
+
+        def outputs(mu, tau, phase):  # account's differentiable outputs, all steps at once
+            log_p = jnp.log(jnp.maximum(ramsey_probability(y, omega, tau, phase, rate), tiny))
+            score = jnp.cumsum(jnp.where(allowed, log_p, 0.0), axis=0)
+            return (mu - omega) ** 2, score, tau, phase
+
+        _, vjp_out = jax.vjp(outputs, mu, steps["tau"], steps["phase"])
+        g_mu, g_tau, g_phase = vjp_out((ct["se"], ct["score"], ct["tau"], ct["phase"]))
+        b, n = stacks[0].shape[-2:]
+
+        def body(carry, inputs):
+            gx, gw = carry
+            if self.config.stop_gradient_filter:  # the next step's input filter was gradient-stopped
+                gx, gw = jnp.zeros_like(gx), jnp.zeros_like(gw)
+            step, kj, tau, phase, dec, yy, m, f, gm = inputs
+            gx, gw, gt, gp, gd = pf_native.loop_backward(stacks, step, kj, tau, phase, dec, yy, m, f, gx, gw, gm,
+                                                          jnp.zeros_like(gm), config=task.resample_config,
+                                                          low=self.box[0], high=self.box[1])
+            return (gx, gw), (gt, gp, gd)
+
+        zeros = jnp.zeros((b, n), dtype)
+        _, (gt, gp, gd) = jax.lax.scan(body, (zeros, zeros), (jnp.arange(self.n_steps, dtype=jnp.int32), key_jit,
+                                                              steps["tau"], steps["phase"], decay, y, mu, flags, g_mu),
+                                       reverse=True)
+        _, vjp_decay = jax.vjp(lambda tau: jnp.exp(-tau * rate), steps["tau"])
+        g_tau = g_tau + gt + vjp_decay(gd)[0]
+        g_phase = g_phase + gp
+        return jnp.stack([g_tau, g_phase], axis=-1)[..., : self.n_controls]
 
     def controls_batched(self, policy_params, feats) -> jnp.ndarray:
         """The controls of all measurements at once: feats (T, B, n_features) -> (T, B,
@@ -525,29 +595,25 @@ class _Setup:
 
 
 def _controls_after_loop_impl(setup: "_Setup", policy_params, keys) -> dict[str, jnp.ndarray]:
-    """``setup._native_loop`` with the policy's gradient taken after the loop: the loop runs
-    with zero offsets on the controls (its backward pass gives the loss's cotangent of every
-    control), then one batched vector-Jacobian product over all T x B policy inputs (for the
-    NN, its forward pass again, batched, and ``mlp_backward``: keeping the loop's activations
-    instead cost more in stacking than the recomputation). Valid when the policy inputs are
-    gradient-stopped (they are then constants of the policy parameters, as the loop's controls
-    are)."""
-    return setup._native_loop(policy_params, keys, _zero_offsets(setup, keys))[0]
-
-
-def _zero_offsets(setup: "_Setup", keys) -> jnp.ndarray:
-    return jnp.zeros((setup.n_steps, keys.shape[0], setup.n_controls), setup.dtype)
+    """The native batch with the policy's gradient taken after the loop (valid when the policy
+    inputs are gradient-stopped: they are then constants of the policy parameters, as the
+    loop's controls are): the loop with the kernel's in-place stacks; its backward pass
+    (``_native_backward``) gives the loss's cotangent of every control, then one batched
+    vector-Jacobian product over all T x B policy inputs (for the NN, its forward pass again,
+    batched, and ``mlp_backward``: keeping the loop's activations instead cost more in stacking
+    than the recomputation)."""
+    return setup._native_forward(policy_params, keys)[0]
 
 
 def _controls_after_loop_fwd(setup, policy_params, keys):
-    out, vjp_offsets, feats = jax.vjp(lambda o: setup._native_loop(policy_params, keys, o), _zero_offsets(setup, keys),
-                                      has_aux=True)
-    return out, (policy_params, feats, vjp_offsets)
+    out, residuals = setup._native_forward(policy_params, keys)
+    return out, (policy_params, residuals)
 
 
 def _controls_after_loop_bwd(setup, res, ct):
-    policy_params, feats, vjp_offsets = res
-    (g_offsets,) = vjp_offsets(ct)  # (T, B, n_controls): d loss / d (tau, phase)
+    policy_params, residuals = res
+    feats = residuals[0]
+    g_offsets = setup._native_backward(residuals, ct)  # (T, B, n_controls): d loss / d (tau, phase)
     if setup.config.policy == "nn":
         rows = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731  (T, B, ...) -> (T B, ...)
         o, acts = setup.mlp_forward(policy_params, rows(feats))  # recomputed, batched over T x B

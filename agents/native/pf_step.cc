@@ -37,6 +37,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -764,6 +765,150 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT>
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------- the loop form
+// model_aware_pf's training loop (stop_gradient_input) keeps every measurement's filter in
+// stacks X, W (lead..., T + 1, B, N) and the drawn indices in IDX (lead..., T, B, N), and the
+// outputs alias the inputs (input_output_aliases): step t reads slot t and writes slot t + 1
+// (and IDX slot t) in place, so neither the loop's carry nor the stored residuals are copied
+// per measurement, and the backward step reads the slots it needs where they are. Per-filter
+// inputs are (lead..., B); t has one entry, or one per lead index (vmapped). lead: vmapped
+// dimensions, one independent loop each. The steps are forward_one and backward_one.
+struct Loop {
+  int64_t lead = 0, slots = 0, b = 0, n = 0;
+  std::vector<int64_t> t;  // the slot each lead index reads
+};
+
+template <typename Buf>
+std::string loop_shape(const Buf& stack, Loop* l) {
+  auto dims = stack.dimensions();
+  if (dims.size() < 3) return "the stacks must be (..., T + 1, B, N)";
+  l->n = dims[dims.size() - 1];
+  l->b = dims[dims.size() - 2];
+  l->slots = dims[dims.size() - 3];
+  l->lead = 1;
+  for (size_t i = 0; i + 3 < dims.size(); ++i) l->lead *= dims[i];
+  if (l->n < 1 || l->n >= (int64_t(1) << 31) || l->b < 1 || l->slots < 2) return "bad stack sizes";
+  return "";
+}
+
+template <typename TBuf>
+std::string loop_step(const TBuf& t, Loop* l) {
+  const int64_t c = static_cast<int64_t>(t.element_count());
+  if (c != 1 && c != l->lead) return "t must have one entry or one per vmapped index";
+  l->t.resize(l->lead);
+  for (int64_t s = 0; s < l->lead; ++s) {
+    const int64_t v = t.typed_data()[c == 1 ? 0 : s];
+    if (v < 0 || v >= l->slots - 1) return "t is outside [0, T)";
+    l->t[s] = v;
+  }
+  return "";
+}
+
+template <typename... Bufs>
+bool per_filter(int64_t count, const Bufs&... bufs) {
+  return ((static_cast<int64_t>(bufs.element_count()) == count) && ...);
+}
+
+// The stacks with slot 0 set to (x0, w0); the other slots are left for the loop to write.
+template <ffi::DataType DT>
+ffi::Error LoopInitImpl(ffi::Buffer<DT> x0, ffi::Buffer<DT> w0, ffi::ResultBuffer<DT> xs,
+                        ffi::ResultBuffer<DT> ws, ffi::ResultBuffer<ffi::S32> idx) {
+  using T = ffi::NativeType<DT>;
+  Loop l;
+  std::string e = loop_shape(*xs, &l);
+  if (!e.empty()) return ffi::Error::InvalidArgument("pf_loop_init: " + e);
+  const int64_t row = l.b * l.n;
+  if (!per_filter(l.lead * row, x0, w0) || !per_filter(l.lead * l.slots * row, *ws) ||
+      !per_filter(l.lead * (l.slots - 1) * row, *idx))
+    return ffi::Error::InvalidArgument("pf_loop_init: x0, w0 and the stacks differ in size");
+  for (int64_t s = 0; s < l.lead; ++s) {
+    std::memcpy(xs->typed_data() + s * l.slots * row, x0.typed_data() + s * row, row * sizeof(T));
+    std::memcpy(ws->typed_data() + s * l.slots * row, w0.typed_data() + s * row, row * sizeof(T));
+  }
+  return ffi::Error::Success();
+}
+
+template <ffi::DataType DT>
+ffi::Error LoopFwdImpl(ffi::ThreadPool pool, ffi::Buffer<DT> xs, ffi::Buffer<DT> ws,
+                       ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::S32> t, ffi::Buffer<ffi::U32> key_idx,
+                       ffi::Buffer<ffi::U32> key_jit, ffi::Buffer<DT> tau, ffi::Buffer<DT> phase,
+                       ffi::Buffer<DT> decay, ffi::Buffer<DT> y, ffi::Buffer<ffi::PRED> allowed,
+                       ffi::ResultBuffer<DT> xs_out, ffi::ResultBuffer<DT> ws_out,
+                       ffi::ResultBuffer<ffi::S32> idx_out, ffi::ResultBuffer<DT> mo, ffi::ResultBuffer<DT> vo,
+                       ffi::ResultBuffer<ffi::S32> flags, double alpha, double beta, double threshold,
+                       double low, double high, double scale, bool sw, bool enabled) {
+  using T = ffi::NativeType<DT>;
+  Loop l;
+  std::string e = loop_shape(xs, &l);
+  if (e.empty()) e = loop_step(t, &l);
+  if (!e.empty()) return ffi::Error::InvalidArgument("pf_loop_forward: " + e);
+  const int64_t nb = l.lead * l.b, row = l.b * l.n;
+  if (!per_filter(l.lead * l.slots * row, ws, *xs_out, *ws_out) ||
+      !per_filter(l.lead * (l.slots - 1) * row, idx, *idx_out) || !per_filter(2 * nb, key_idx, key_jit) ||
+      !per_filter(nb, tau, phase, decay, y, allowed, *mo, *vo, *flags))
+    return ffi::Error::InvalidArgument("pf_loop_forward: the stacks and per-filter inputs differ in size");
+  if (xs_out->typed_data() != xs.typed_data() || ws_out->typed_data() != ws.typed_data() ||
+      idx_out->typed_data() != idx.typed_data())
+    return ffi::Error::InvalidArgument("pf_loop_forward: the stacks must be aliased to the outputs");
+  const Params<T> p = make_params<T>(alpha, beta, threshold, low, high, scale, sw, enabled, l.n);
+  T* px = xs_out->typed_data();
+  T* pw = ws_out->typed_data();
+  int32_t* pidx = idx_out->typed_data();
+  const uint32_t *pki = key_idx.typed_data(), *pkj = key_jit.typed_data();
+  const T *ptau = tau.typed_data(), *pph = phase.typed_data(), *pd = decay.typed_data(), *py = y.typed_data();
+  const bool* pa = allowed.typed_data();
+  T *pmo = mo->typed_data(), *pvo = vo->typed_data();
+  int32_t* pf = flags->typed_data();
+  parallel_for(pool, nb, 8, [&](int64_t i) {
+    const int64_t s = i / l.b, j = i % l.b, slot = l.t[s];
+    const int64_t in = ((s * l.slots + slot) * l.b + j) * l.n, out = in + row;
+    int32_t* ix = pidx + ((s * (l.slots - 1) + slot) * l.b + j) * l.n;
+    forward_one(p, px + in, pw + in, pki + 2 * i, pkj + 2 * i, ptau[i], pph[i], pd[i], py[i], pa[i], px + out,
+                pw + out, pmo + i, pvo + i, ix, pf + i);
+  });
+  return ffi::Error::Success();
+}
+
+// The backward step t: gx, gw (the cotangents of slot t + 1's filter in, of slot t's out)
+// are updated in place (backward_one reads its cotangent inputs before writing).
+template <ffi::DataType DT>
+ffi::Error LoopBwdImpl(ffi::ThreadPool pool, ffi::Buffer<DT> xs, ffi::Buffer<DT> ws, ffi::Buffer<ffi::S32> idx,
+                       ffi::Buffer<ffi::S32> t, ffi::Buffer<ffi::U32> key_jit, ffi::Buffer<DT> tau,
+                       ffi::Buffer<DT> phase, ffi::Buffer<DT> decay, ffi::Buffer<DT> y, ffi::Buffer<DT> mo,
+                       ffi::Buffer<ffi::S32> flags, ffi::Buffer<DT> gxo, ffi::Buffer<DT> gwo,
+                       ffi::Buffer<DT> gmo, ffi::Buffer<DT> gvo, ffi::ResultBuffer<DT> gx,
+                       ffi::ResultBuffer<DT> gw, ffi::ResultBuffer<DT> gtau, ffi::ResultBuffer<DT> gphase,
+                       ffi::ResultBuffer<DT> gdecay, double alpha, double beta, double threshold,
+                       double low, double high, double scale, bool sw, bool enabled) {
+  using T = ffi::NativeType<DT>;
+  Loop l;
+  std::string e = loop_shape(xs, &l);
+  if (e.empty()) e = loop_step(t, &l);
+  if (!e.empty()) return ffi::Error::InvalidArgument("pf_loop_backward: " + e);
+  const int64_t nb = l.lead * l.b, row = l.b * l.n;
+  if (!per_filter(l.lead * l.slots * row, ws) || !per_filter(l.lead * (l.slots - 1) * row, idx) ||
+      !per_filter(nb * l.n, gxo, gwo, *gx, *gw) || !per_filter(2 * nb, key_jit) ||
+      !per_filter(nb, tau, phase, decay, y, mo, flags, gmo, gvo, *gtau, *gphase, *gdecay))
+    return ffi::Error::InvalidArgument("pf_loop_backward: the stacks and per-filter inputs differ in size");
+  const Params<T> p = make_params<T>(alpha, beta, threshold, low, high, scale, sw, enabled, l.n);
+  const T *px = xs.typed_data(), *pw = ws.typed_data();
+  const int32_t *pidx = idx.typed_data(), *pf = flags.typed_data();
+  const uint32_t* pkj = key_jit.typed_data();
+  const T *ptau = tau.typed_data(), *pph = phase.typed_data(), *pd = decay.typed_data();
+  const T *py = y.typed_data(), *pmo = mo.typed_data();
+  const T *pgxo = gxo.typed_data(), *pgwo = gwo.typed_data(), *pgmo = gmo.typed_data(), *pgvo = gvo.typed_data();
+  T *pgx = gx->typed_data(), *pgw = gw->typed_data(), *pgt = gtau->typed_data(), *pgp = gphase->typed_data(),
+    *pgd = gdecay->typed_data();
+  parallel_for(pool, nb, 8, [&](int64_t i) {
+    const int64_t s = i / l.b, j = i % l.b, slot = l.t[s];
+    const int64_t in = ((s * l.slots + slot) * l.b + j) * l.n, o = i * l.n;
+    const int32_t* ix = pidx + ((s * (l.slots - 1) + slot) * l.b + j) * l.n;
+    backward_one(p, px + in, pw + in, pkj + 2 * i, ptau[i], pph[i], pd[i], py[i], pmo[i], ix, pf[i], pgxo + o,
+                 pgwo + o, pgmo[i], pgvo[i], pgx + o, pgw + o, pgt + i, pgp + i, pgd + i);
+  });
+  return ffi::Error::Success();
+}
+
 // A test hook: the normals the kernel draws for a key (..., 2) -> (..., N).
 template <ffi::DataType DT>
 ffi::Error NormalsImpl(ffi::Buffer<ffi::U32> key, ffi::ResultBuffer<DT> out) {
@@ -836,6 +981,62 @@ ffi::Error NormalsImpl(ffi::Buffer<ffi::U32> key, ffi::ResultBuffer<DT> out) {
   XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, NormalsImpl<DT>,                            \
                                 ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::U32>>().Ret<ffi::Buffer<DT>>());
 
+#define QSM_LOOP_INIT(NAME, DT)                                                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, LoopInitImpl<DT>,                            \
+                                ffi::Ffi::Bind()                                   \
+                                    .Arg<ffi::Buffer<DT>>()                        \
+                                    .Arg<ffi::Buffer<DT>>()                        \
+                                    .Ret<ffi::Buffer<DT>>()                        \
+                                    .Ret<ffi::Buffer<DT>>()                        \
+                                    .Ret<ffi::Buffer<ffi::S32>>());
+
+#define QSM_LOOP_FORWARD(NAME, DT)                                   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, LoopFwdImpl<DT>,                \
+                                ffi::Ffi::Bind()                      \
+                                    .Ctx<ffi::ThreadPool>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<ffi::S32>>()     \
+                                    .Arg<ffi::Buffer<ffi::S32>>()     \
+                                    .Arg<ffi::Buffer<ffi::U32>>()     \
+                                    .Arg<ffi::Buffer<ffi::U32>>()     \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<ffi::PRED>>()    \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<ffi::S32>>()     \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<ffi::S32>>() QSM_ATTRS);
+
+#define QSM_LOOP_BACKWARD(NAME, DT)                                  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, LoopBwdImpl<DT>,                \
+                                ffi::Ffi::Bind()                      \
+                                    .Ctx<ffi::ThreadPool>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<ffi::S32>>()     \
+                                    .Arg<ffi::Buffer<ffi::S32>>()     \
+                                    .Arg<ffi::Buffer<ffi::U32>>()     \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<ffi::S32>>()     \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Arg<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<DT>>()           \
+                                    .Ret<ffi::Buffer<DT>>() QSM_ATTRS);
+
 }  // namespace
 
 QSM_FORWARD(QsmPfStepF32, ffi::F32)
@@ -844,3 +1045,9 @@ QSM_BACKWARD(QsmPfStepBwdF32, ffi::F32)
 QSM_BACKWARD(QsmPfStepBwdF64, ffi::F64)
 QSM_NORMALS(QsmNormalsF32, ffi::F32)
 QSM_NORMALS(QsmNormalsF64, ffi::F64)
+QSM_LOOP_INIT(QsmPfLoopInitF32, ffi::F32)
+QSM_LOOP_INIT(QsmPfLoopInitF64, ffi::F64)
+QSM_LOOP_FORWARD(QsmPfLoopFwdF32, ffi::F32)
+QSM_LOOP_FORWARD(QsmPfLoopFwdF64, ffi::F64)
+QSM_LOOP_BACKWARD(QsmPfLoopBwdF32, ffi::F32)
+QSM_LOOP_BACKWARD(QsmPfLoopBwdF64, ffi::F64)

@@ -134,6 +134,81 @@ def test_vjp_equals_the_jax_filter_in_float64(threshold):
         np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-12 * np.abs(b).max(), err_msg=name)
 
 
+def _loop_steps(config, steps=3, b=12, n=96):
+    """``steps`` measurements on the same filters: per-step inputs (T, B) and the initial x, w."""
+    per = [_inputs(jnp.float64, b=b, n=n, seed=10 + t, concentration=2.0) for t in range(steps)]
+    stack = {k: jnp.stack([a[k] for a in per]) for k in ("key", "tau", "phase", "decay", "y")}
+    stack["allowed"] = jnp.tile(jnp.arange(b) % 4 != 0, (steps, 1))  # a quarter of the filters skip each step
+    return per[0]["x"], per[0]["w"], stack
+
+
+def test_the_loop_form_equals_the_step_in_float64():
+    # loop_forward / loop_backward (in-place stacks, model_aware_pf's training loop) against
+    # pf_step_split and its custom_vjp, step by step: the same per-filter code, so the values
+    # agree exactly and the cotangents to summation order
+    config = ResampleConfig(threshold=0.5)  # N_eff after an update: 0.43-0.57 N, some resample
+    x, w, st = _loop_steps(config)
+    key_idx, key_jit = pf_native.split_keys(st["key"])
+    kw = dict(config=config, low=0.0, high=1.0)
+
+    @jax.jit
+    def loop(x, w):
+        stacks = pf_native.loop_init(x, w, 3)
+        moments = []
+        for t in range(3):
+            stacks, mo, vo, flags = pf_native.loop_forward(stacks, jnp.int32(t), key_idx[t], key_jit[t],
+                                                           *(st[k][t] for k in ("tau", "phase", "decay", "y",
+                                                                                 "allowed")), **kw)
+            moments.append((mo, vo, flags))
+        return stacks, moments
+
+    @jax.jit
+    def steps(x, w):
+        out = []
+        for t in range(3):
+            x, w, mo, vo = pf_native.pf_step_split(x, w, key_idx[t], key_jit[t],
+                                                   *(st[k][t] for k in ("tau", "phase", "decay", "y", "allowed")),
+                                                   **kw)
+            out.append((x, w, mo, vo))
+        return out
+
+    (xs, ws, idx), moments = loop(x, w)
+    ref = steps(x, w)
+    np.testing.assert_array_equal(np.asarray(xs[0]), np.asarray(x))  # slot 0: the initial filters
+    for t in range(3):
+        np.testing.assert_array_equal(np.asarray(xs[t + 1]), np.asarray(ref[t][0]))
+        np.testing.assert_array_equal(np.asarray(ws[t + 1]), np.asarray(ref[t][1]))
+        np.testing.assert_array_equal(np.asarray(moments[t][0]), np.asarray(ref[t][2]))
+        np.testing.assert_array_equal(np.asarray(moments[t][1]), np.asarray(ref[t][3]))
+    flags = np.asarray(moments[1][2])
+    assert ((flags & 1) == 1).any() and ((flags & 9) == 8).any() and ((flags & 8) == 0).any()  # all kinds
+
+    # the backward step t = 1, cotangents of its outputs -> of its inputs, against jax.vjp
+    t = 1
+    cts = [jax.random.normal(jax.random.PRNGKey(i), s, jnp.float64) for i, s in
+           enumerate([(12, 96), (12, 96), (12,), (12,)])]
+    args = [st[k][t] for k in ("tau", "phase", "decay", "y", "allowed")]
+    _, vjp = jax.vjp(lambda x, w, tau, phase, decay: pf_native.pf_step_split(
+        x, w, key_idx[t], key_jit[t], tau, phase, decay, args[3], args[4], **kw), ref[0][0], ref[0][1], *args[:3])
+    want = vjp(tuple(cts))
+    got = jax.jit(lambda: pf_native.loop_backward(
+        (xs, ws, idx), jnp.int32(t), key_jit[t], *args[:4], moments[t][0], moments[t][2], *cts, **kw))()
+    for name, a, b in zip(("x", "w", "tau", "phase", "decay"), got, want):
+        b = np.asarray(b)
+        assert np.abs(b).max() > 1e-3, name
+        # one step's sums over 96 particles at eps 1.1e-16: 1e-12 of the largest entry
+        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-12 * np.abs(b).max(), err_msg=name)
+
+
+def test_the_loop_form_rejects_a_step_outside_the_stacks():
+    x, w, st = _loop_steps(ResampleConfig(), steps=2, b=4, n=16)
+    key_idx, key_jit = pf_native.split_keys(st["key"])
+    stacks = pf_native.loop_init(x, w, 2)
+    args = [st[k][0] for k in ("tau", "phase", "decay", "y", "allowed")]
+    with pytest.raises(Exception, match="t is outside"):
+        jax.block_until_ready(pf_native.loop_forward(stacks, jnp.int32(2), key_idx[0], key_jit[0], *args))
+
+
 def test_an_outlier_outcome_keeps_the_weights():
     # every particle with weight has likelihood 0 (y decay cos = -1 there): the update is ignored
     n = 64
@@ -165,17 +240,23 @@ def test_step_in_float32_agrees_but_for_rare_neighbouring_draws():
         np.testing.assert_allclose(np.asarray(a)[rows], np.asarray(b)[rows], rtol=2e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("stop_gradient_input", [True, False], ids=["policy_grad_after_loop", "through_inputs"])
+@pytest.mark.parametrize("stop_gradient_input,stop_gradient_filter", [(True, False), (False, False), (True, True)],
+                         ids=["policy_grad_after_loop", "through_inputs", "after_loop_greedy"])
 @pytest.mark.parametrize("policy,control_phase", [("nn", False), ("nn", True), ("static", False)])
-def test_loss_and_gradient_equal_the_jax_backend_in_float64(policy, control_phase, stop_gradient_input):
-    # stop_gradient_input=True: the native path takes the policy's gradient after the loop
-    # (model_aware_pf._controls_after_loop, mlp_backward for the NN); False: in the loop
+def test_loss_and_gradient_equal_the_jax_backend_in_float64(policy, control_phase, stop_gradient_input,
+                                                             stop_gradient_filter):
+    # stop_gradient_input=True: the native path runs the loop with the in-place stacks, the
+    # filter's backward loop of its own and the policy's gradient after it
+    # (model_aware_pf._controls_after_loop, mlp_backward for the NN); False: the per-step
+    # custom_vjp in the loop, differentiated by JAX. stop_gradient_filter: no gradient between
+    # the steps' filters (the backward loop drops the carried cotangent)
     task = BayesianMagnetometry(n_measurements=8, n_particles=96, resample_threshold=0.7, control_phase=control_phase)
     params = task.default_params()
     out = {}
     for backend in ("jax", "native"):
         config = mapf.ModelAwarePFConfig(policy=policy, batch=16, dtype="float64", hidden=8, layers=3,
-                                         stop_gradient_input=stop_gradient_input, backend=backend)
+                                         stop_gradient_input=stop_gradient_input,
+                                         stop_gradient_filter=stop_gradient_filter, backend=backend)
         init, loss = mapf.make_loss(config, task, params)
         p = init(jax.random.PRNGKey(0))
         (value, aux), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(p, jax.random.PRNGKey(1))
