@@ -10,6 +10,12 @@ functions of ``agents/particle_filter.py`` stay the reference: ``tests/agents/te
 compares values and gradients in float64 and float32, and ``model_aware_pf`` uses this kernel
 only when asked (``backend="native"``) or when it is available on a CPU (``"auto"``).
 
+Two forms: ``pf_step`` / ``pf_step_split``, one step with its ``custom_vjp`` (any loop JAX
+differentiates), and the loop form ``loop_init`` / ``loop_forward`` / ``loop_backward``, the same
+step on stacks of every measurement's filters updated in place, for a caller that runs the
+backward loop itself (``model_aware_pf`` with ``stop_gradient_input``; see "the loop form"
+below).
+
 Why: on CPUs the NV-DC-24 training step is a long chain of small element-wise kernels over
 (256 filters, 480 particles) per measurement, forward and backward; XLA's CPU back end runs them
 one after another, each reading and writing every array, and the resampling's gathers,
@@ -275,8 +281,10 @@ def pf_step_split(x, w, key_idx, key_jit, tau, phase, decay, y, allowed, *,
 # kernel updates them in place (the call's outputs alias its inputs). Inside a scan, XLA then
 # neither copies the (B, N) carry nor stores residual slices per step: measured on the NV-DC-24
 # training step (2-core CPU), memmove was 13 % of the static arm's CPU time with the per-step
-# custom_vjp, whose residuals scan stacks. These functions have no JAX derivative: the caller
-# runs the backward loop itself (``loop_backward``, step t reads the stacks where they are).
+# custom_vjp, whose residuals scan stacks; with the loop form a training step took 14.7 ms
+# against 20.9 (static) and 26.8 against 32.9 (NN), medians of 8 64-step trainings. These
+# functions have no JAX derivative: the caller runs the backward loop itself
+# (``loop_backward``; step t reads the stacks where they are).
 
 
 def loop_init(x0, w0, n_steps: int):
