@@ -617,18 +617,18 @@ def _controls_after_loop_fwd(setup, policy_params, keys):
 def _controls_after_loop_bwd(setup, res, ct):
     policy_params, residuals = res
     feats = residuals[0]
-    g_offsets = setup._native_backward(residuals, ct)  # (T, B, n_controls): d loss / d (tau, phase)
+    g_controls = setup._native_backward(residuals, ct)  # (T, B, n_controls): d loss / d (tau, phase)
     if setup.config.policy == "nn":
         rows = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731  (T, B, ...) -> (T B, ...)
         o, acts = setup.mlp_forward(policy_params, rows(feats))  # recomputed, batched over T x B
-        g_o = rows(g_offsets)
+        g_o = rows(g_controls)
         g_o = g_o.at[:, 0].multiply(setup.params.prefact * jnp.sign(o[:, 0]))  # tau = 1 + prefact |o_0|
         if setup.task.control_phase:
             g_o = g_o.at[:, 1].multiply(jnp.pi)  # phase = pi o_1
         g_params = setup.mlp_backward(policy_params, rows(feats), acts, g_o)
         return g_params, None
     _, vjp_params = jax.vjp(lambda p: setup.controls_batched(p, feats), policy_params)
-    (g_params,) = vjp_params(g_offsets)
+    (g_params,) = vjp_params(g_controls)
     return g_params, None
 
 
