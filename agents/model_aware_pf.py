@@ -434,13 +434,13 @@ class _Setup:
         stacks, mu, var, flags = pf_native.loop_forward(stacks, step, key_idx, key_jit, tau, phase, decay, y, allowed,
                                                         config=self.task.resample_config, low=self.box[0],
                                                         high=self.box[1])
-        return stacks, mu, var, (key_jit, decay, y, mu, flags)
+        return stacks, mu, var, (decay, y, mu, flags)
 
     def _native_loop(self, policy_params, keys, filter_step, make_state) -> tuple:
         """The native batch's loop over measurements, with ``filter_step`` (``_pf_step_split``
         or ``_loop_forward``) on the filter state ``make_state(x0, w0)``. Returns (outputs (B, T),
-        the policy inputs (T, B, n_features), the final filter state, the steps' residuals
-        (T, B, ...))."""
+        the policy inputs (T, B, n_features), the final filter state, (omega (B,), the
+        jitter keys (T, B, 2), the per-step outputs (T, B), the steps' residuals (T, B, ...)))."""
         from qsmgym.agents import pf_native
 
         task, params, dtype, config = self.task, self.params, self.dtype, self.config
@@ -476,14 +476,14 @@ class _Setup:
         carry = (make_state(pf.particles[..., 0], pf.weights), mu, var, zeros, jnp.zeros((b,), bool), zeros)
         (state, *_), (out, feats, res) = jax.lax.scan(body, carry, (u_y, key_idx, key_jit,
                                                                      jnp.arange(self.n_steps, dtype=jnp.int32)))
-        return {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}, feats, state, (omega, out, res)
+        return {k: jnp.swapaxes(v, 0, 1) for k, v in out.items()}, feats, state, (omega, key_jit, out, res)
 
     def _native_forward(self, policy_params, keys) -> tuple:
         """The native batch's values (no JAX derivative) with the in-place stacks, and what
         ``_native_backward`` needs: (outputs (B, T), residuals)."""
-        out, feats, stacks, (omega, steps, res) = self._native_loop(jax.lax.stop_gradient(policy_params), keys,
-                                                                    self._loop_forward, self._stacks)
-        return out, (feats, stacks, omega, steps, res)
+        out, feats, stacks, rest = self._native_loop(jax.lax.stop_gradient(policy_params), keys, self._loop_forward,
+                                                     self._stacks)
+        return out, (feats, stacks, *rest)
 
     def _native_backward(self, residuals, ct) -> jnp.ndarray:
         """The cotangent of the controls (T, B, n_controls) (tau, then phase with
@@ -493,7 +493,7 @@ class _Setup:
         step by step from the last (``pf_native.loop_backward``)."""
         from qsmgym.agents import pf_native
 
-        _, stacks, omega, steps, (key_jit, decay, y, mu, flags) = residuals
+        _, stacks, omega, key_jit, steps, (decay, y, mu, flags) = residuals
         task, params, dtype = self.task, self.params, self.dtype
         rate, tiny = params.inv_t2, jnp.finfo(dtype).tiny
         allowed = steps["active"] > 0

@@ -304,8 +304,9 @@ def loop_init(x0, w0, n_steps: int):
 def loop_forward(stacks, t, key_idx, key_jit, tau, phase, decay, y, allowed, *,
                  config: ResampleConfig = ResampleConfig(), low: float = 0.0, high: float = 1.0):
     """Step t (int32 scalar) of the loop: ``pf_step_split``'s forward pass from slot t of the
-    stacks into slot t + 1, in place (same arguments otherwise). Returns (stacks, mo, vo, flags): the new posterior mean and
-    variance (B,) and the step's flags (B,) int32, which ``loop_backward`` takes."""
+    stacks into slot t + 1, in place (same arguments otherwise). Returns (stacks, mo, vo,
+    flags): the new posterior mean and variance (B,) and the step's flags (B,) int32, which
+    ``loop_backward`` takes."""
     xs, ws, idx = stacks
     dtype = xs.dtype
     batch = tau.shape

@@ -407,6 +407,18 @@ inline bool resample_needed(const Params<T>& p, const T* w2) {
   return T(1) / s2 < p.thr_n;
 }
 
+// The Liu-West move of particle x_idx (before the clip to [low, high]), shift = (1 - beta) mu:
+// forward_one and backward_one's recomputation must give the same value.
+template <typename T>
+inline T liu_west(const Params<T>& p, T x_idx, T shift, T z, T root) {
+  return (p.beta * x_idx + shift) + p.scale * (z * root);
+}
+
+template <typename T>
+inline T clip(const Params<T>& p, T x) {
+  return std::min(std::max(x, p.low), p.high);
+}
+
 template <typename T>
 void forward_one(const Params<T>& p, const T* x, const T* w, const uint32_t* key_idx,
                  const uint32_t* key_jit, T tau, T phase, T decay, T y, bool allowed, T* xo, T* wo,
@@ -443,8 +455,7 @@ void forward_one(const Params<T>& p, const T* x, const T* w, const uint32_t* key
       T* __restrict wo_ = wo;
 #pragma omp simd
       for (int64_t k = 0; k < n; ++k) {
-        T xn = (p.beta * x[ix[k]] + shift) + p.scale * (z[k] * root);
-        xo_[k] = std::min(std::max(xn, p.low), p.high);
+        xo_[k] = clip(p, liu_west(p, x[ix[k]], shift, z[k], root));
         wo_[k] = rv[k];
       }
     }
@@ -503,9 +514,9 @@ void backward_one(const Params<T>& p, const T* x, const T* w, const uint32_t* ke
     T* __restrict q_ = qv;
 #pragma omp simd reduction(+ : tn)
     for (int64_t k = 0; k < n; ++k) {
-      T xn = (p.beta * x[ix[k]] + shift) + p.scale * (z[k] * root);
+      T xn = liu_west(p, x[ix[k]], shift, z[k], root);
       xn_[k] = xn;
-      xo_[k] = std::min(std::max(xn, p.low), p.high);
+      xo_[k] = clip(p, xn);
       T wi = w2[ix[k]];
       T qi = valid ? p.alpha * wi + p.c0 : wi;
       T rk = valid ? wi / qi : p.inv_n;
@@ -681,6 +692,12 @@ Params<T> make_params(double alpha, double beta, double threshold, double low, d
   return p;
 }
 
+// Whether every buffer holds count elements.
+template <typename... Bufs>
+bool per_filter(int64_t count, const Bufs&... bufs) {
+  return ((static_cast<int64_t>(bufs.element_count()) == count) && ...);
+}
+
 template <ffi::DataType DT>
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> w,
                        ffi::Buffer<ffi::U32> key_idx, ffi::Buffer<ffi::U32> key_jit, ffi::Buffer<DT> tau,
@@ -695,16 +712,12 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> 
   const int64_t n = dims.back();
   if (n < 1 || n >= (int64_t(1) << 31)) return ffi::Error::InvalidArgument("pf_step: bad particle count");
   const int64_t b = static_cast<int64_t>(x.element_count()) / n;
-  if (static_cast<int64_t>(w.element_count()) != b * n)
-    return ffi::Error::InvalidArgument("pf_step: x and w differ in size");
-  if (static_cast<int64_t>(key_idx.element_count()) != 2 * b ||
-      static_cast<int64_t>(key_jit.element_count()) != 2 * b)
+  if (!per_filter(b * n, w)) return ffi::Error::InvalidArgument("pf_step: x and w differ in size");
+  if (!per_filter(2 * b, key_idx, key_jit))
     return ffi::Error::InvalidArgument("pf_step: keys must be (..., 2) per filter");
-  for (auto* buf : {&tau, &phase, &decay, &y})
-    if (static_cast<int64_t>(buf->element_count()) != b)
-      return ffi::Error::InvalidArgument("pf_step: per-filter inputs differ in size");
-  if (static_cast<int64_t>(allowed.element_count()) != b)
-    return ffi::Error::InvalidArgument("pf_step: allowed has the wrong size");
+  if (!per_filter(b, tau, phase, decay, y))
+    return ffi::Error::InvalidArgument("pf_step: per-filter inputs differ in size");
+  if (!per_filter(b, allowed)) return ffi::Error::InvalidArgument("pf_step: allowed has the wrong size");
   const Params<T> p = make_params<T>(alpha, beta, threshold, low, high, scale, sw, enabled, n);
   const T *px = x.typed_data(), *pw = w.typed_data();
   const uint32_t *pki = key_idx.typed_data(), *pkj = key_jit.typed_data();
@@ -737,16 +750,12 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT>
   const int64_t n = dims.back();
   if (n < 1 || n >= (int64_t(1) << 31)) return ffi::Error::InvalidArgument("pf_step_bwd: bad particle count");
   const int64_t b = static_cast<int64_t>(x.element_count()) / n;
-  for (auto* buf : {&w, &gxo, &gwo})
-    if (static_cast<int64_t>(buf->element_count()) != b * n)
-      return ffi::Error::InvalidArgument("pf_step_bwd: per-particle inputs differ in size");
-  if (static_cast<int64_t>(idx.element_count()) != b * n ||
-      static_cast<int64_t>(flags.element_count()) != b ||
-      static_cast<int64_t>(key_jit.element_count()) != 2 * b)
+  if (!per_filter(b * n, w, gxo, gwo))
+    return ffi::Error::InvalidArgument("pf_step_bwd: per-particle inputs differ in size");
+  if (!per_filter(b * n, idx) || !per_filter(b, flags) || !per_filter(2 * b, key_jit))
     return ffi::Error::InvalidArgument("pf_step_bwd: idx, flags or key has the wrong size");
-  for (auto* buf : {&tau, &phase, &decay, &y, &mo, &gmo, &gvo})
-    if (static_cast<int64_t>(buf->element_count()) != b)
-      return ffi::Error::InvalidArgument("pf_step_bwd: per-filter inputs differ in size");
+  if (!per_filter(b, tau, phase, decay, y, mo, gmo, gvo))
+    return ffi::Error::InvalidArgument("pf_step_bwd: per-filter inputs differ in size");
   const Params<T> p = make_params<T>(alpha, beta, threshold, low, high, scale, sw, enabled, n);
   const T *px = x.typed_data(), *pw = w.typed_data();
   const uint32_t* pkj = key_jit.typed_data();
@@ -802,11 +811,6 @@ std::string loop_step(const TBuf& t, Loop* l) {
     l->t[s] = v;
   }
   return "";
-}
-
-template <typename... Bufs>
-bool per_filter(int64_t count, const Bufs&... bufs) {
-  return ((static_cast<int64_t>(bufs.element_count()) == count) && ...);
 }
 
 // The stacks with slot 0 set to (x0, w0); the other slots are left for the loop to write.
