@@ -300,7 +300,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default=None, help="write summary.json (and the raw records) here")
     parser.add_argument("--from-summary", nargs="+", default=None,
                         help="print the table from earlier summary.json files (their records joined arm by "
-                             "arm, e.g. seeds 0-4 and 5-14 of two runs) instead of running anything")
+                             "arm, e.g. seeds 0-4 and 5-14 of two runs) instead of running anything; "
+                             "PATH#ARM[,ARM...] takes only the named arms of that file, e.g. "
+                             "'summary.json#qsensoropt nn' (quote it: arm names have a space)")
     parser.add_argument("--records", nargs="+", default=None,
                         help="result JSONs (our --worker outputs or experiments/qsensoropt_nv_dc.py's) to "
                              "tabulate; with them nothing is run")
@@ -323,11 +325,19 @@ def main(argv=None) -> int:
 
     if args.from_summary:
         sources = []
-        for path in args.from_summary:
+        for spec in args.from_summary:
+            path, _, arms = spec.partition("#")
             try:
-                sources.append((path, json.loads(Path(path).read_text())["records"]))
+                found = json.loads(Path(path).read_text())["records"]
             except (OSError, ValueError, KeyError) as exc:
                 parser.error(f"--from-summary {path}: not a summary.json with records ({exc!r})")
+            if arms:
+                wanted = [a.strip() for a in arms.split(",")]
+                missing = [a for a in wanted if a not in found]
+                if missing:
+                    parser.error(f"--from-summary {spec}: {path} has no arm {missing[0]!r} (it has {sorted(found)})")
+                found = {a: found[a] for a in wanted}
+            sources.append((spec, found))
         try:
             records = merge_records(sources)
         except ValueError as exc:

@@ -93,6 +93,26 @@ def test_from_summary_tabulates_joined_runs_with_seed_cis(tmp_path, capsys):
     assert lo < summary["verdicts"]["nn"]["ratio"] < hi
 
 
+def test_from_summary_takes_only_the_named_arms_of_a_file(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    both = {"ours nn": _records(_population(rng, 3, 50)),
+            "qsensoropt nn": _records(_population(rng, 3, 50), implementation="qsensoropt")}
+    more_ours = {"ours nn": _records(_population(rng, 2, 50), first_seed=3)}
+    (tmp_path / "a.json").write_text(json.dumps({"records": both}))
+    (tmp_path / "b.json").write_text(json.dumps({"records": more_ours}))
+    # a's "ours nn" left out: b's seeds 3-4 are the only ours; a's qsensoropt seeds 0-2 kept
+    assert nv.main(["--from-summary", f"{tmp_path / 'a.json'}#qsensoropt nn", str(tmp_path / "b.json"),
+                    "--out-dir", str(tmp_path / "joined")]) == 0
+    summary = json.loads((tmp_path / "joined" / "summary.json").read_text())
+    assert summary["arms"]["ours nn"]["seeds"] == [3, 4]
+    assert summary["arms"]["qsensoropt nn"]["seeds"] == [0, 1, 2]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        nv.main(["--from-summary", f"{tmp_path / 'b.json'}#qsensoropt nn"])
+    assert exc.value.code == 2
+    assert "has no arm 'qsensoropt nn' (it has ['ours nn'])" in capsys.readouterr().err
+
+
 def test_from_summary_bad_file_is_one_argparse_error(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
