@@ -31,6 +31,12 @@ budget):
   with the lower mean loss; ``xla_compile=False`` because XLA fails with partial
   resampling). Per-step wall times are taken by an ``Adam`` subclass that stamps the clock
   after each ``apply_gradients``.
+- ``--policy-from PATH`` (static / nn): evaluate a given policy instead of training one, e.g.
+  the policies qsensoropt's sdist ships in ``examples/nv_center_dc/trained_models``: for
+  static the example's ``savetxt`` of v_k (24 numbers), for nn a Keras SavedModel directory,
+  of which only the weight tensors are read (``tf.train.load_checkpoint`` of its
+  ``variables/``: no graph or Python code from the file is run); they are set on a fresh
+  ``standard_model``. ``experiments/nv_published_compare.py`` uses it.
 - Evaluation: ``Simulation.execute(deploy=True)`` on fresh episodes (a generator seeded
   differently from training), batches of ``--eval-batch``; MSE(n) for n = 1..24 and the
   per-episode squared errors at n = 24.
@@ -72,6 +78,10 @@ WARMUP_STEPS = 2
 # Offset between the training and evaluation generator seeds, so evaluation episodes are
 # fresh (never the training draws) for every --seed.
 EVAL_SEED_OFFSET = 1_000_003
+
+# The Keras SavedModel's checkpoint key of layer i's kernel / bias (what ``model.save`` writes
+# for a Sequential of Dense layers in TensorFlow 2.12).
+SAVEDMODEL_KEY = "layer_with_weights-{i}/{kind}/.ATTRIBUTES/VARIABLE_VALUE"
 
 RESULT_KEYS = (
     "mode", "steps", "batch", "seed", "mse_n", "mse_final", "mse_samples", "compile_s",
@@ -117,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads (0: TensorFlow's default)")
     parser.add_argument("--out", required=True, help="path of the JSON result")
+    parser.add_argument("--policy-from", default=None, metavar="PATH",
+                        help="static / nn: evaluate this policy instead of training (static: a text file "
+                             "of the 24 v_k, as nv_center_dc.py's savetxt; nn: a Keras SavedModel "
+                             "directory, of which only the weight tensors are read)")
     parser.add_argument("--save-weights", default=None, metavar="NPZ",
                         help="nn mode: also write the trained network's arrays (Keras order, w0, w1, ...; no "
                              "pickle) to NPZ, e.g. to evaluate it in qsm-gym's core (nv_start_compare.py)")
@@ -144,6 +158,15 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         # tail, so steps beyond the last full block would be trained and then thrown away.
         raise ValueError(f"--steps must be < {INTERVAL_SAVE} or a multiple of "
                          f"{INTERVAL_SAVE}, got {args.steps}")
+    if args.policy_from is not None:
+        if args.mode not in TRAINED_MODES:
+            raise ValueError(f"--policy-from needs --mode static or nn, got --mode {args.mode}")
+        if args.mode == "static" and not os.path.isfile(args.policy_from):
+            raise ValueError(f"--policy-from must be a file of 24 numbers for --mode static, got {args.policy_from!r}")
+        if args.mode == "nn" and not os.path.isfile(os.path.join(args.policy_from, "variables",
+                                                                 "variables.index")):
+            raise ValueError(f"--policy-from must be a Keras SavedModel directory (with variables/"
+                             f"variables.index) for --mode nn, got {args.policy_from!r}")
     if args.save_weights is not None:
         if args.mode != "nn":
             raise ValueError(f"--save-weights needs --mode nn, got --mode {args.mode}")
@@ -386,6 +409,48 @@ def _control_strategy(mode: str, trainable, prec: str = "float32"):
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+def read_static_controls(path: str) -> List[float]:
+    """The v_k of a static policy file (nv_center_dc.py's ``savetxt`` of its Variable: one
+    number per line). Plain Python, no NumPy or TensorFlow.
+
+    Raises:
+        ValueError: naming the file, unless it holds exactly 24 finite numbers.
+    """
+    values = []
+    with open(path) as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                values.append(float(line))
+            except ValueError:
+                raise ValueError(f"{path}: not a number: {line!r}") from None
+    if len(values) != NUM_MEASUREMENTS or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{path}: a static policy needs {NUM_MEASUREMENTS} finite numbers, got "
+                         f"{len(values)}: {values[:4]}")
+    return values
+
+
+def _load_policy(mode: str, path: str, prec: str = "float32"):
+    """The static Variable or the network of ``--policy-from`` (see build_parser)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from qsensoropt.utils import standard_model
+
+    if mode == "static":
+        return tf.Variable(np.asarray(read_static_controls(path))[:, None], dtype=prec)
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    network = standard_model(input_size=5, controls_size=1, neurons_per_layer=64, prec=prec)
+    weights = []
+    for i in range(len(network.layers)):
+        for kind in ("kernel", "bias"):
+            weights.append(reader.get_tensor(SAVEDMODEL_KEY.format(i=i, kind=kind)))
+    network.set_weights(weights)  # raises on a shape mismatch
+    return network
+
+
 def _make_trainable(mode: str, prec: str = "float32"):
     """The preconditioned network (nn) or the static controls v_k = k/24 (static)."""
     import numpy as np
@@ -517,19 +582,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     loadavg_start = os.getloadavg()[0]
     classes = _make_classes()
     wall0 = time.perf_counter()
-    trainable = _make_trainable(args.mode)
+    trained_here = args.mode in TRAINED_MODES and args.policy_from is None
+    trainable = (_load_policy(args.mode, args.policy_from) if args.policy_from is not None
+                 else _make_trainable(args.mode))
     precondition_s = time.perf_counter() - wall0
 
     learning_rate = args.learning_rate if args.learning_rate is not None else (
         NN_LR if args.mode == "nn" else STATIC_LR)
     timings: Dict[str, Any] = {"sec_per_step": None, "compile_s": None}
     train_info: Dict[str, Any] = {}
-    if args.mode in TRAINED_MODES:
+    if trained_here:
         sim = _build_simulation(classes, args.batch, _control_strategy(args.mode, trainable),
                                 args.mode, f"nv_dc24_{args.mode}")
         train_info = _train(sim, args.mode, trainable, args.steps, args.seed, learning_rate)
         timings = summarise_timings(train_info["step_seconds"])
-    if args.save_weights is not None:  # the network train() kept (its best 128-step block)
+    if args.save_weights is not None:  # the network train() kept (its best 128-step block), or --policy-from's
         np.savez(args.save_weights, **{f"w{i}": np.asarray(w, np.float32)
                                        for i, w in enumerate(trainable.get_weights())})
     evaluation = _evaluate(classes, args.mode, trainable, args.n_eval, args.eval_batch,
@@ -538,7 +605,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     mse_n = [float(x) for x in sq_err.mean(axis=1)]
     result: Dict[str, Any] = {
         "mode": args.mode,
-        "steps": args.steps if args.mode in TRAINED_MODES else 0,
+        "steps": args.steps if trained_here else 0,
+        "policy_from": args.policy_from,
         "batch": args.batch,
         "seed": args.seed,
         "n_eval": args.n_eval,

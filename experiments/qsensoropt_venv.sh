@@ -46,5 +46,15 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
     "matplotlib~=3.7.1"
 "${PIP[@]}" install -q --no-deps "qsensoropt==1.1.0"
 
+# qsensoropt's source distribution: unlike the wheel it holds the examples (nv_center_dc.py),
+# their published result CSVs and the trained policies behind them, which
+# experiments/nv_published_compare.py evaluates. Apache-2.0, like the wheel. Kept beside the venv.
+SDIST="$VENV/sdist"
+if [ ! -f "$SDIST/qsensoropt-1.1.0/examples/nv_center_dc.py" ]; then
+    mkdir -p "$SDIST"
+    "${PIP[@]}" download -q --no-deps --no-binary :all: "qsensoropt==1.1.0" -d "$SDIST"
+    tar -xzf "$SDIST/qsensoropt-1.1.0.tar.gz" -C "$SDIST"
+fi
+
 "$VENV/bin/python" -c 'import qsensoropt, tensorflow as tf, numpy as np; from importlib.metadata import version; print("qsensoropt", version("qsensoropt"), "| tensorflow", tf.__version__, "| numpy", np.__version__)'
 echo "qsensoropt venv ready: $VENV"
