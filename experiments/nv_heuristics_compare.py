@@ -44,14 +44,15 @@ RECORDED_SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / "n
 Z95 = 1.959963984540054
 
 
-def run_ours(name: str, run: int, episodes: int) -> dict:
-    """One run of our heuristic ``name`` (episodes x 24 measurements): a record with mse_n."""
+def run_ours(name: str, run: int, episodes: int, n_particles: int = 480) -> dict:
+    """One run of our heuristic ``name`` (episodes x 24 measurements, a filter of
+    ``n_particles``, 480 as in the spec): a record with mse_n."""
     import jax
 
     from qsmgym.agents.nv_heuristics import policy_by_name, rollout_tau_policy
     from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
 
-    task = BayesianMagnetometry()
+    task = BayesianMagnetometry(n_particles=n_particles)
     t0 = time.perf_counter()
     se = np.asarray(rollout_tau_policy(task, task.default_params(), policy_by_name(name),
                                        jax.random.PRNGKey(OUR_KEY_OFFSET + run), episodes)["se"], np.float64)

@@ -1,0 +1,142 @@
+"""experiments/nv_published_compare.py: reading qsensoropt's published curves and shipped
+policies, the per-group statistics, and the command line (ours only, tiny sizes)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from qsmgym.experiments import nv_published_compare as npc
+from qsmgym.experiments.nv_heuristics_compare import RECORDED_SUMMARY
+
+
+def _write_sdist(root, curves=None, static=None):
+    """A minimal sdist tree: the four published CSVs in the shipped format (a row n = 0 with the
+    prior's variance, then n = 1..20, values written like the shipped files) and a static policy."""
+    data = root / npc.EXAMPLE / "data"
+    models = root / npc.EXAMPLE / "trained_models"
+    data.mkdir(parents=True)
+    models.mkdir(parents=True)
+    curves = curves or {name: [0.04 / n ** (1 + 0.1 * i) for n in range(1, 21)]
+                        for i, name in enumerate(npc.PUBLISHED_CSV)}
+    for name, fname in npc.PUBLISHED_CSV.items():
+        rows = ["Resources,MSE", "0.0,0.0833333333333333"] + [f"{n}.0,{m:.5g}" for n, m in enumerate(curves[name], 1)]
+        (data / fname).write_text("\n".join(rows) + "\n")
+    v = static if static is not None else [k / 24 for k in range(24)]
+    (models / npc.SHIPPED_POLICY["static"]).write_text("".join(f"{x:.18e}\n" for x in v))
+    return curves
+
+
+def test_published_curves_read_n_1_to_20_and_drop_the_prior_row(tmp_path):
+    curves = _write_sdist(tmp_path)
+    got = npc.published_curves(tmp_path)
+    assert set(got) == set(npc.PUBLISHED_CSV)
+    for name, values in curves.items():
+        assert got[name].shape == (20,)
+        assert got[name] == pytest.approx(values, rel=1e-4)  # the files keep 5 significant digits
+
+
+def test_published_curves_name_the_file_that_is_missing_or_malformed(tmp_path):
+    _write_sdist(tmp_path)
+    pgh = tmp_path / npc.EXAMPLE / "data" / npc.PUBLISHED_CSV["pgh"]
+    text = pgh.read_text()
+    pgh.write_text(text.replace("0.0,0.0833333333333333", "0.0,0.05"))
+    with pytest.raises(ValueError, match="PGH.*row 0 should be the prior's variance 1/12, got 0.05"):
+        npc.published_curves(tmp_path)
+    pgh.write_text("\n".join(text.splitlines()[:-1]) + "\n")  # stops at n = 19
+    with pytest.raises(ValueError, match=r"PGH.*expected rows Resources = 0..20"):
+        npc.published_curves(tmp_path)
+    pgh.write_text("Resources,Error\n" + "\n".join(text.splitlines()[1:]))
+    with pytest.raises(ValueError, match="expected the header 'Resources,MSE'"):
+        npc.published_curves(tmp_path)
+    pgh.unlink()
+    with pytest.raises(FileNotFoundError, match="published curve of 'pgh' not found.*qsensoropt_venv.sh"):
+        npc.published_curves(tmp_path)
+
+
+def test_static_controls_are_the_shipped_v_k(tmp_path):
+    v = [0.05 * k - 0.1 for k in range(24)]
+    _write_sdist(tmp_path, static=v)
+    assert npc.static_controls(tmp_path) == pytest.approx(v, rel=1e-15)
+
+
+def _rec(policy, impl, n_p, mse_n, n_eval=100):
+    return {"policy": policy, "implementation": impl, "n_particles": n_p, "seed": 0, "n_eval": n_eval, "mse_n": mse_n}
+
+
+def test_summarise_is_the_mean_its_standard_error_and_the_ratio_to_published():
+    published = {name: np.full(20, 2.0) for name in npc.POLICIES}
+    runs = [[1.0] * 24, [3.0] * 24, [2.0] * 24]  # mean 2, sd 1, se 1/sqrt(3)
+    recs = [_rec("static", "qsm-gym", 480, r) for r in runs]
+    recs += [_rec("static", "qsm-gym", 1920, [x + 1.0 for x in r]) for r in runs]
+    recs += [_rec("pgh", "qsensoropt", 480, [x * 2 for x in r]) for r in runs]
+    rows = npc.summarise(recs, published)
+    # POLICIES order (nn, static, pgh, sigma), then implementation, then particles
+    assert [(r["policy"], r["implementation"], r["n_particles"]) for r in rows] == [
+        ("static", "qsm-gym", 480), ("static", "qsm-gym", 1920), ("pgh", "qsensoropt", 480)]
+    r480, r1920, rpgh = rows
+    assert r480["runs"] == 3 and r480["episodes"] == 300
+    assert r480["mse_n"] == pytest.approx([2.0] * 24) and r480["se_n"] == pytest.approx([1 / math.sqrt(3)] * 24)
+    assert r480["ratio"] == pytest.approx([1.0] * 20) and r480["z20"] == pytest.approx(0.0)
+    assert r1920["ratio"] == pytest.approx([1.5] * 20) and r1920["z20"] == pytest.approx(1.0 / (1 / math.sqrt(3)))
+    assert rpgh["ratio"] == pytest.approx([2.0] * 20) and rpgh["z20"] == pytest.approx(2.0 / (2 / math.sqrt(3)))
+
+
+def test_summarise_refuses_a_group_of_one_run():
+    published = {name: np.full(20, 1.0) for name in npc.POLICIES}
+    with pytest.raises(ValueError, match="nn / qsensoropt / 480 particles: need at least 2 runs"):
+        npc.summarise([_rec("nn", "qsensoropt", 480, [1.0] * 24)], published)
+
+
+def test_heuristic_records_take_both_sides_of_the_recorded_comparison():
+    recs = npc.heuristic_records(RECORDED_SUMMARY)
+    count = {}
+    for r in recs:
+        count[(r["implementation"], r["policy"])] = count.get((r["implementation"], r["policy"]), 0) + 1
+        assert r["n_particles"] == 480 and len(r["mse_n"]) == 24
+    # session 19's runs: 16 a side, except qsensoropt's sigma^-1 (8)
+    assert count == {("qsm-gym", "pgh"): 16, ("qsm-gym", "sigma_inverse"): 16,
+                     ("qsensoropt", "pgh"): 16, ("qsensoropt", "sigma_inverse"): 8}
+
+
+def test_heuristic_records_refuse_another_file(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="not an nv_heuristics_compare summary"):
+        npc.heuristic_records(path)
+
+
+def test_main_ours_only_writes_a_summary(tmp_path, capsys):
+    """End to end on a synthetic sdist, ours only: the static policy v_k = k/24 (the spec's
+    starting sequence) in two runs of 256 episodes, against a published curve set to twice our
+    own MSE(n) measured beforehand with the same keys, so every ratio must come out at 1/2."""
+    sdist = tmp_path / "sdist"
+    _write_sdist(sdist)
+    params = npc.our_policy_params("static", sdist, None)
+    ours = np.mean([npc.run_ours_trained("static", params, 480, r, 256)["mse_n"] for r in range(2)], axis=0)
+    curves = {name: [1.0] * 20 for name in npc.PUBLISHED_CSV}
+    curves["static"] = [float(f"{2 * m:.5g}") for m in ours[:20]]
+    (sdist / npc.EXAMPLE / "data").rename(tmp_path / "old")
+    (sdist / npc.EXAMPLE / "trained_models").rename(tmp_path / "old_models")
+    _write_sdist(sdist, curves=curves)
+    out = tmp_path / "out"
+    assert npc.main(["--sdist-dir", str(sdist), "--runs", "2", "--episodes", "256", "--policies", "static",
+                     "--no-qsensoropt", "--out-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (row,) = summary["rows"]
+    assert (row["policy"], row["implementation"], row["n_particles"], row["runs"]) == ("static", "qsm-gym", 480, 2)
+    assert row["ratio"] == pytest.approx([0.5] * 20, rel=1e-4)
+    assert "static" in capsys.readouterr().out
+
+
+def test_main_without_qsensoropt_needs_the_nn_weights(tmp_path):
+    _write_sdist(tmp_path)
+    with pytest.raises(SystemExit):
+        npc.main(["--sdist-dir", str(tmp_path), "--runs", "2", "--policies", "nn", "--no-qsensoropt"])
+
+
+def test_main_names_a_missing_sdist(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        npc.main(["--sdist-dir", str(tmp_path / "none"), "--runs", "2", "--no-qsensoropt"])
+    assert "published curve of 'nn' not found" in capsys.readouterr().err
