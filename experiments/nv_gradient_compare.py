@@ -36,12 +36,17 @@ import numpy as np
 
 def load_weights(path: Path) -> list[np.ndarray]:
     """Keras-order arrays (kernel, bias per layer) from an npz: plain arrays w0, w1, ... (what
-    ``train-ours`` writes; no pickle, so NumPy 1 in qsensoropt's venv reads what NumPy 2 wrote)
-    or an object array "weights" (what the tf stage writes)."""
+    ``save_weights``, ``qsensoropt_nv_dc.py --save-weights`` and the tf stage write). Read
+    without pickle, so NumPy 1 in qsensoropt's venv reads what NumPy 2 wrote, and a file
+    cannot run code. Other arrays in the file (the tf stage's grads, losses) are ignored.
+
+    Raises:
+        ValueError: the file has no w0, or its w-arrays are not numbered 0..K-1."""
     with np.load(path, allow_pickle=False) as f:
-        if "w0" in f.files:
-            return [np.asarray(f[f"w{i}"]) for i in range(len(f.files))]
-    return [np.asarray(w) for w in np.load(path, allow_pickle=True)["weights"]]
+        names = [k for k in f.files if k[:1] == "w" and k[1:].isdigit()]
+        if sorted(int(k[1:]) for k in names) != list(range(len(names))) or not names:
+            raise ValueError(f"{path}: expected arrays w0, w1, ..., got {sorted(f.files)}")
+        return [np.asarray(f[f"w{i}"]) for i in range(len(names))]
 
 
 def save_weights(path: Path, arrays) -> None:
@@ -103,7 +108,7 @@ def _tf_stage(seed: int, batches: int, out: Path, weights: Path | None = None) -
         g, loss = grad(rangen)
         grads.append(np.concatenate([x.numpy().ravel() for x in g]))
         losses.append(float(loss))
-    np.savez(out / "tf.npz", weights=np.array([v.numpy() for v in variables], dtype=object),
+    np.savez(out / "tf.npz", **{f"w{i}": np.asarray(v.numpy(), np.float32) for i, v in enumerate(variables)},
              grads=np.array(grads), losses=np.array(losses))
     print(f"tf: {batches} batches, mean loss {np.mean(losses):.4f}")
 
@@ -202,7 +207,7 @@ def second_moments(ga: np.ndarray, gb: np.ndarray, n_boot: int = 500, seed: int 
 
 
 def _compare_stage(out: Path, sign_steps: int, lr: float) -> dict:
-    a, b = np.load(out / "tf.npz", allow_pickle=True), np.load(out / "ours.npz")
+    a, b = np.load(out / "tf.npz", allow_pickle=False), np.load(out / "ours.npz", allow_pickle=False)
     ga, gb = a["grads"], b["grads"]
     la, lb = a["losses"], b["losses"]
     ma, mb = ga.mean(0), gb.mean(0)

@@ -15,8 +15,7 @@ def _write(tmp_path, shift: float, seed: int = 0):
     mean = rng.normal(size=500)
     tf = mean + rng.normal(size=(64, 500))
     ours = mean + shift + rng.normal(size=(64, 500))
-    np.savez(tmp_path / "tf.npz", weights=np.array([np.zeros(1)], dtype=object), grads=tf,
-             losses=rng.normal(-5, 0.1, 64))
+    np.savez(tmp_path / "tf.npz", w0=np.zeros(1, np.float32), grads=tf, losses=rng.normal(-5, 0.1, 64))
     np.savez(tmp_path / "ours.npz", grads=ours, losses=rng.normal(-5, 0.1, 64))
 
 
@@ -47,9 +46,22 @@ def test_load_weights_reads_plain_arrays_without_pickle_and_the_tf_stage_format(
     np.savez(tmp_path / "plain.npz", **{f"w{i}": a for i, a in enumerate(arrays)})
     got = load_weights(tmp_path / "plain.npz")
     assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, arrays))
-    np.savez(tmp_path / "tf.npz", weights=np.array(arrays, dtype=object))
+    # the tf stage's file: the weights beside its grads and losses, which are not weights
+    np.savez(tmp_path / "tf.npz", **{f"w{i}": a for i, a in enumerate(arrays)}, grads=np.zeros((2, 9)),
+             losses=np.zeros(2))
     got = load_weights(tmp_path / "tf.npz")
     assert len(got) == 2 and all(np.array_equal(a, b) for a, b in zip(got, arrays))
+
+
+def test_load_weights_refuses_pickled_or_misnumbered_files(tmp_path):
+    from qsmgym.experiments.nv_gradient_compare import load_weights
+
+    np.savez(tmp_path / "old.npz", weights=np.array([np.zeros(2), np.zeros(3)], dtype=object))
+    with pytest.raises(ValueError, match=r"old.npz: expected arrays w0, w1, ..., got \['weights'\]"):
+        load_weights(tmp_path / "old.npz")
+    np.savez(tmp_path / "gap.npz", w0=np.zeros(2), w2=np.zeros(3))
+    with pytest.raises(ValueError, match="expected arrays w0, w1"):
+        load_weights(tmp_path / "gap.npz")
 
 
 def test_second_moments_see_a_noisier_estimator_with_the_same_mean():
