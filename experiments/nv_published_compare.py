@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -57,6 +58,9 @@ SHIPPED_POLICY = {  # trained_models/: the static v_k (savetxt) and the NN (Kera
     "static": f"nv_center_meas_lr_0.0001_static_{_RUN}",
     "nn": f"nv_center_meas_lr_0.0001_{_RUN}",
 }
+# --out-dir gets a copy of the shipped static policy under this name (qsensoropt's v_k, as shipped)
+SHIPPED_STATIC_COPY = "shipped_static_v.txt"
+RECORDED_SUMMARY = REPO / "docs" / "results" / "nv-dc-24" / "published" / "summary.json"
 POLICIES = ("nn", "static", "pgh", "sigma_inverse")
 TRAINED = ("nn", "static")
 N_PUBLISHED = 20  # these CSVs stop at n = 20 (a first row n = 0 holds the prior's variance)
@@ -213,6 +217,28 @@ def print_table(rows: list[dict], published: dict[str, np.ndarray]) -> None:
               f"{r['mse_n'][N_PUBLISHED - 1]:.3e} +- {r['se_n'][N_PUBLISHED - 1]:.1e}  {r['z20']:5.1f}")
 
 
+def _run_trained(args, py: str | None, nn_weights: Path | None, scratch: Path) -> list[dict]:
+    """The static / NN rows of ``main``: qsensoropt's evaluations (if ``py``), then ours."""
+    out: list[dict] = []
+    for mode in [m for m in args.policies if m in TRAINED]:
+        if py is not None:
+            for r in range(args.runs):
+                save = scratch / "shipped_nn_weights.npz" if mode == "nn" and nn_weights is None else None
+                rec = run_theirs_trained(py, mode, args.sdist_dir, r, args.episodes, args.timeout, save)
+                if rec is not None:
+                    out.append(rec)
+                    if save is not None and save.is_file():
+                        nn_weights = save
+        params = our_policy_params(mode, args.sdist_dir, nn_weights)
+        for n_p in args.particles:
+            for r in range(args.runs):
+                rec = run_ours_trained(mode, params, n_p, r, args.episodes)
+                print(f"ours {mode} {n_p} particles run {r}: MSE(20) {rec['mse_n'][19]:.4e} ({rec['wall_s']:.0f} s)",
+                      flush=True)
+                out.append(rec)
+    return out
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -258,23 +284,11 @@ def main(argv=None) -> int:
     if "nn" in args.policies and py is None and nn_weights is None:
         p.error("--policies nn without qsensoropt needs --nn-weights (the shipped NN as a Keras-order npz, "
                 "e.g. from qsensoropt_nv_dc.py --mode nn --policy-from ... --save-weights F)")
-    scratch = Path(tempfile.mkdtemp(prefix="nv_published_"))
-    for mode in [m for m in args.policies if m in TRAINED]:
-        if py is not None:
-            for r in range(args.runs):
-                save = scratch / "shipped_nn_weights.npz" if mode == "nn" and nn_weights is None else None
-                rec = run_theirs_trained(py, mode, args.sdist_dir, r, args.episodes, args.timeout, save)
-                if rec is not None:
-                    records.append(rec)
-                    if save is not None and save.is_file():
-                        nn_weights = save
-        params = our_policy_params(mode, args.sdist_dir, nn_weights)
-        for n_p in args.particles:
-            for r in range(args.runs):
-                rec = run_ours_trained(mode, params, n_p, r, args.episodes)
-                print(f"ours {mode} {n_p} particles run {r}: MSE(20) {rec['mse_n'][19]:.4e} ({rec['wall_s']:.0f} s)",
-                      flush=True)
-                records.append(rec)
+    scratch = Path(tempfile.mkdtemp(prefix="nv_published_"))  # the shipped NN's npz, removed at the end
+    try:
+        records += _run_trained(args, py, nn_weights, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     from qsmgym.experiments.nv_heuristics_compare import run_ours as run_ours_heuristic
 
     for name in heuristics:
@@ -293,6 +307,9 @@ def main(argv=None) -> int:
         summary = {"command": [sys.executable, "-m", "qsmgym.experiments.nv_published_compare", *(argv or sys.argv[1:])],
                    "published": {k: v.tolist() for k, v in published.items()}, "rows": rows, "records": records}
         (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if "static" in args.policies:  # 24 numbers (Apache-2.0, as the sdist): lets the tests rerun our side
+            shutil.copyfile(Path(args.sdist_dir) / EXAMPLE / "trained_models" / SHIPPED_POLICY["static"],
+                            args.out_dir / SHIPPED_STATIC_COPY)
         print(f"wrote {args.out_dir / 'summary.json'}")
     return 0
 

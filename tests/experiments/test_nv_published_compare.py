@@ -128,6 +128,7 @@ def test_main_ours_only_writes_a_summary(tmp_path, capsys):
     assert (row["policy"], row["implementation"], row["n_particles"], row["runs"]) == ("static", "qsm-gym", 480, 2)
     assert row["ratio"] == pytest.approx([0.5] * 20, rel=1e-4)
     assert "static" in capsys.readouterr().out
+    assert npc.static_controls(sdist) == pytest.approx(np.loadtxt(out / npc.SHIPPED_STATIC_COPY), rel=1e-15)
 
 
 def test_main_without_qsensoropt_needs_the_nn_weights(tmp_path):
@@ -140,3 +141,29 @@ def test_main_names_a_missing_sdist(tmp_path, capsys):
     with pytest.raises(SystemExit):
         npc.main(["--sdist-dir", str(tmp_path / "none"), "--runs", "2", "--no-qsensoropt"])
     assert "published curve of 'nn' not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shipped_static_policy_agrees_with_qsensoropt_own_evaluation():
+    """The static policy qsensoropt ships (trained for 32,768 steps at batch 2048), evaluated
+    live in our float32 core, against qsensoropt 1.1.0's evaluation of the same policy recorded
+    by nv_published_compare (R runs x 65,536 episodes, 480 particles). A trained policy drives
+    the posterior narrower than the heuristics do, so this checks the filter where its
+    resolution matters (n = 12..24). Criterion: the two-sample z-test at 95 % at n = 12, 20, 24,
+    each side's standard error its run-to-run sd / sqrt(R)."""
+    summary = json.loads(npc.RECORDED_SUMMARY.read_text())
+    v = np.loadtxt(npc.RECORDED_SUMMARY.parent / npc.SHIPPED_STATIC_COPY)
+    theirs = np.array([r["mse_n"] for r in summary["records"]
+                       if r["implementation"] == "qsensoropt" and r["policy"] == "static"])
+    assert theirs.shape[0] >= 4 and v.shape == (24,)
+    import jax.numpy as jnp
+
+    params = {"v": jnp.asarray(v, jnp.float32)}
+    ours = np.array([npc.run_ours_trained("static", params, 480, 100 + r, 65536)["mse_n"] for r in range(4)])
+    published = summary["published"]["static"]
+    for n in (12, 20, 24):
+        o, t = ours[:, n - 1], theirs[:, n - 1]
+        se_o, se_t = o.std(ddof=1) / np.sqrt(o.size), t.std(ddof=1) / np.sqrt(t.size)
+        pub = f", published {published[n - 1]:.3e}" if n <= 20 else ""
+        print(f"\nshipped static MSE({n}): ours {o.mean():.3e} +- {se_o:.1e}, qsensoropt {t.mean():.3e} +- {se_t:.1e}{pub}")
+        assert abs(o.mean() - t.mean()) <= 1.96 * np.hypot(se_o, se_t)
