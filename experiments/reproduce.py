@@ -384,11 +384,27 @@ def _qsensoropt_heuristic_runs() -> dict[str, dict]:
     return {name: rows["20"]["qsensoropt"] for name, rows in results.items() if "qsensoropt" in rows["20"]}
 
 
+def _published_record() -> dict | None:
+    """experiments/nv_published_compare.py's recorded summary: qsensoropt's published curves
+    (n = 1..20, from its sdist) and both libraries' evaluations of its shipped policies; None
+    if absent (an installed package without the docs)."""
+    from qsmgym.experiments.nv_published_compare import RECORDED_SUMMARY as path
+    from qsmgym.experiments.nv_published_compare import SHIPPED_STATIC_COPY
+
+    if not path.exists() or not (path.parent / SHIPPED_STATIC_COPY).exists():
+        return None
+    out = json.loads(path.read_text())
+    out["shipped_static_v"] = np.loadtxt(path.parent / SHIPPED_STATIC_COPY)
+    return out
+
+
 def belliardo2024(full: bool, plot_path: Path, log) -> dict:
     """BayesianMagnetometry (24 Ramsey measurements, omega ~ U(0, 1), T2 = inf, 480 particles):
-    MSE(n) of the posterior mean under the sigma^-1 and PGH heuristics against qsensoropt's
-    published MSE(20) (result CSVs shipped with qsensoropt 1.1.0). The model-aware agent's row
-    is not in this command yet."""
+    MSE(n) of the posterior mean under the sigma^-1 and PGH heuristics, and under the static
+    policy qsensoropt ships (its trained v_k), against qsensoropt's published curves (the
+    result CSVs in its sdist) and against qsensoropt 1.1.0 evaluating the same policies here
+    (docs/results/nv-dc-24/heuristics and .../published). The model-aware agent's own
+    training is compared in the README's NV-DC-24 section (nv_side_by_side)."""
     import jax
 
     from qsmgym.agents.nv_heuristics import bootstrap_mean_ci, policy_by_name, rollout_tau_policy
@@ -417,25 +433,53 @@ def belliardo2024(full: bool, plot_path: Path, log) -> dict:
         heads.append(f"{label} {mean:.4g} (published {pub:.4g}"
                      + (f", qsensoropt run here {here['mean']:.4g})" if here else ")"))
         rows.append(_row(f"MSE(24), {label}", float(curves[label][-1]), None, ""))
-    for name in ("static", "nn", "fiderer"):
+    record = _published_record()
+    if record is not None:
+        from qsmgym.experiments.nv_published_compare import run_ours_trained
+
+        log(f"  qsensoropt's shipped static policy: {n_episodes} episodes ...")
+        se_static = run_ours_trained("static", {"v": jax.numpy.asarray(record["shipped_static_v"], jax.numpy.float32)},
+                                     task.n_particles, 7, n_episodes)["mse_n"]
+        curves["shipped static"] = np.asarray(se_static)
+        there = next((r for r in record["rows"] if r["policy"] == "static" and r["implementation"] == "qsensoropt"),
+                     None)
+        pub = refs["qsensoropt_mse20_static"]
+        rows.append(_row("MSE(20), qsensoropt's shipped static policy", se_static[19], pub,
+                         f"qsensoropt's published; ours/published = {se_static[19] / pub:.2f}"))
+        if there:
+            rows.append(_row("MSE(20), shipped static, qsensoropt 1.1.0 run here", se_static[19], there["mse_n"][19],
+                             f"{there['runs']} x {there['episodes'] // there['runs']:,} episodes, +- "
+                             f"{there['se_n'][19]:.2g} (docs/results/nv-dc-24/published); "
+                             f"ours/that = {se_static[19] / there['mse_n'][19]:.2f}"))
+        heads.append(f"shipped static {se_static[19]:.4g} (published {pub:.4g}"
+                     + (f", qsensoropt run here {there['mse_n'][19]:.4g})" if there else ")"))
+    for name in ("nn", "fiderer") if record is not None else ("static", "nn", "fiderer"):
+        what = ("Fiderer et al.'s model-free RL, as qsensoropt ships it" if name == "fiderer"
+                else "qsensoropt's trained policy")
         rows.append(_row(f"MSE(20), qsensoropt {name}", None, refs[f"qsensoropt_mse20_{name}"],
-                         "published only (the model-aware agent's comparison comes later)"))
+                         f"published ({what}; our model-aware agent's training: README, NV-DC-24)"))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     n = np.arange(1, task.horizon + 1)
     for k, (label, c) in enumerate(curves.items()):
         ax.plot(n, c, color=f"C{k}", label=f"{label} (ours, {n_episodes} episodes)")
-    for k, (name, label) in enumerate((("sigma_inverse", "sigma^-1"), ("pgh", "PGH"))):
-        ax.plot([20], [refs[f"qsensoropt_mse20_{name}"]], "x", color=f"C{k}", ms=10, mew=2,
-                label=f"{label}, qsensoropt published MSE(20)")
+    published = (record or {}).get("published", {})
+    for k, (name, label) in enumerate((("sigma_inverse", "sigma^-1"), ("pgh", "PGH"), ("static", "shipped static"))):
+        if name in published:  # the whole published curve, n = 1..20
+            ax.plot(np.arange(1, len(published[name]) + 1), published[name], "--", color=f"C{k}", lw=1,
+                    label=f"{label}, qsensoropt published")
+        elif name != "static":
+            ax.plot([20], [refs[f"qsensoropt_mse20_{name}"]], "x", color=f"C{k}", ms=10, mew=2,
+                    label=f"{label}, qsensoropt published MSE(20)")
     for k, (name, label) in enumerate((("sigma_inverse", "sigma^-1"), ("pgh", "PGH"))):
         here = here_runs.get(name)
         if here:
             ax.errorbar([20.3], [here["mean"]], yerr=[1.96 * here["se"]], fmt="o", mfc="none", color=f"C{k}",
                         label=f"{label}, qsensoropt 1.1.0 run here ({here['runs']} x 16,384 episodes)")
     for name, marker in (("nn", "*"), ("static", "^")):
-        ax.plot([20], [refs[f"qsensoropt_mse20_{name}"]], marker, color="k", ms=8,
-                label=f"qsensoropt {name}, published MSE(20)")
+        if name == "nn" or name not in published:  # the shipped NN is evaluated by nv_published_compare only
+            ax.plot([20], [refs[f"qsensoropt_mse20_{name}"]], marker, color="k", ms=8,
+                    label=f"qsensoropt {name}, published MSE(20)")
     ax.set_yscale("log")
     ax.set_xlabel("measurements n")
     ax.set_ylabel("MSE of the posterior mean of omega")
