@@ -100,11 +100,16 @@ def published_curves(sdist: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def shipped_policy_path(sdist: Path, mode: str) -> Path:
+    """Where the sdist keeps the trained policy ``mode`` ("static": a text file, "nn": a directory)."""
+    return Path(sdist) / EXAMPLE / "trained_models" / SHIPPED_POLICY[mode]
+
+
 def static_controls(sdist: Path) -> np.ndarray:
     """The shipped static policy's v_k (tau_k = |30 v_k + 1|), 24 floats."""
     from qsmgym.experiments.qsensoropt_nv_dc import read_static_controls
 
-    return np.asarray(read_static_controls(str(Path(sdist) / EXAMPLE / "trained_models" / SHIPPED_POLICY["static"])))
+    return np.asarray(read_static_controls(str(shipped_policy_path(sdist, "static"))))
 
 
 def run_ours_trained(mode: str, policy_params, n_particles: int, run: int, episodes: int) -> dict:
@@ -112,9 +117,9 @@ def run_ours_trained(mode: str, policy_params, n_particles: int, run: int, episo
     import jax
 
     from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
+    from qsmgym.experiments.nv_heuristics_compare import nv_task
 
-    task = BayesianMagnetometry(n_particles=n_particles)
+    task = nv_task(n_particles)
     config = mapf.ModelAwarePFConfig(policy=mode, dtype="float32")
     t0 = time.perf_counter()
     se = mapf.evaluate(config, task, task.default_params(), policy_params, jax.random.PRNGKey(KEY_OFFSET + run),
@@ -131,15 +136,15 @@ def our_policy_params(mode: str, sdist: Path, weights: Path | None):
     import jax.numpy as jnp
 
     from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
     from qsmgym.experiments.nv_gradient_compare import load_weights, params_from_keras
+    from qsmgym.experiments.nv_heuristics_compare import nv_task
 
     if mode == "static":
         return {"v": jnp.asarray(static_controls(sdist), jnp.float32)}
     if weights is None or not Path(weights).is_file():
         raise FileNotFoundError(f"the shipped NN's weights npz is missing: {weights} (the qsensoropt NN run "
                                 f"writes it; or pass --nn-weights)")
-    task = BayesianMagnetometry()
+    task = nv_task()
     template = mapf._Setup(mapf.ModelAwarePFConfig(policy="nn", dtype="float32"), task,
                            task.default_params()).init_policy(jax.random.PRNGKey(0))
     return params_from_keras(load_weights(Path(weights)), template, str(weights))
@@ -148,9 +153,8 @@ def our_policy_params(mode: str, sdist: Path, weights: Path | None):
 def run_theirs_trained(python: str, mode: str, sdist: Path, run: int, episodes: int, timeout: float | None,
                        save_weights: Path | None = None) -> dict | None:
     """One qsensoropt 1.1.0 evaluation (480 particles) of a shipped policy."""
-    cmd = [python, str(QSENSOROPT_SCRIPT), "--mode", mode, "--policy-from",
-           str(Path(sdist) / EXAMPLE / "trained_models" / SHIPPED_POLICY[mode]), "--seed", str(KEY_OFFSET + run),
-           "--n-eval", str(episodes)]
+    cmd = [python, str(QSENSOROPT_SCRIPT), "--mode", mode, "--policy-from", str(shipped_policy_path(sdist, mode)),
+           "--seed", str(KEY_OFFSET + run), "--n-eval", str(episodes)]
     if save_weights is not None:
         cmd += ["--save-weights", str(save_weights)]
     rec = _subprocess_json(cmd, f"qsensoropt {mode} shipped, run {run}", timeout)
@@ -308,8 +312,7 @@ def main(argv=None) -> int:
                    "published": {k: v.tolist() for k, v in published.items()}, "rows": rows, "records": records}
         (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         if "static" in args.policies:  # 24 numbers (Apache-2.0, as the sdist): lets the tests rerun our side
-            shutil.copyfile(Path(args.sdist_dir) / EXAMPLE / "trained_models" / SHIPPED_POLICY["static"],
-                            args.out_dir / SHIPPED_STATIC_COPY)
+            shutil.copyfile(shipped_policy_path(args.sdist_dir, "static"), args.out_dir / SHIPPED_STATIC_COPY)
         print(f"wrote {args.out_dir / 'summary.json'}")
     return 0
 

@@ -66,6 +66,7 @@ NUM_PARTICLES = 480
 OMEGA_BOUNDS = (0.0, 1.0)
 # prefact = ceil(2**sqrt(N)) for a measurement budget (nv_center_dc.py); 30 for N = 24.
 PREFACT = float(math.ceil(2 ** math.sqrt(NUM_MEASUREMENTS)))
+NN_INPUTS = 5  # StatelessMetrology's inputs for d = 1: mean, log dev, corr, step, resources
 STATIC_LR = 0.1
 NN_LR = 1e-3
 PRECONDITION_SAMPLES = 16384
@@ -432,17 +433,23 @@ def read_static_controls(path: str) -> List[float]:
     return values
 
 
+def _standard_network(prec: str = "float32"):
+    """The example's NN, untrained: ``standard_model`` with NN_INPUTS inputs, 5 x Dense(64), one
+    output (what the nn mode trains and what ``--policy-from`` loads weights into)."""
+    from qsensoropt.utils import standard_model
+
+    return standard_model(input_size=NN_INPUTS, controls_size=1, neurons_per_layer=64, prec=prec)
+
+
 def _load_policy(mode: str, path: str, prec: str = "float32"):
     """The static Variable or the network of ``--policy-from`` (see build_parser)."""
     import numpy as np
     import tensorflow as tf
 
-    from qsensoropt.utils import standard_model
-
     if mode == "static":
         return tf.Variable(np.asarray(read_static_controls(path))[:, None], dtype=prec)
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
-    network = standard_model(input_size=5, controls_size=1, neurons_per_layer=64, prec=prec)
+    network = _standard_network(prec)
     weights = []
     for i in range(len(network.layers)):
         for kind in ("kernel", "bias"):
@@ -456,13 +463,9 @@ def _make_trainable(mode: str, prec: str = "float32"):
     import numpy as np
     import tensorflow as tf
 
-    from qsensoropt.utils import standard_model
-
     if mode == "nn":
-        input_size = 5
-        network = standard_model(input_size=input_size, controls_size=1,
-                                 neurons_per_layer=64, prec=prec)
-        x = 2 * tf.random.uniform((PRECONDITION_SAMPLES, input_size), dtype=prec) - 1
+        network = _standard_network(prec)
+        x = 2 * tf.random.uniform((PRECONDITION_SAMPLES, NN_INPUTS), dtype=prec) - 1
         y = (x[:, -1:] + 1) / 2
         network.compile(loss="mean_squared_error", optimizer="adam")
         network.fit(x, y, epochs=PRECONDITION_EPOCHS, batch_size=PRECONDITION_BATCH,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from qsmgym.experiments import qsensoropt_nv_dc as script
+from qsmgym.experiments.nv_published_compare import DEFAULT_SDIST, SHIPPED_POLICY, shipped_policy_path
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv-qsensoropt" / "bin" / "python"
@@ -237,18 +238,15 @@ def test_smoke_run_in_qsensoropt_venv(tmp_path, mode):
     assert math.isfinite(r["compile_s"])
 
 
-SDIST_MODELS = REPO / ".venv-qsensoropt" / "sdist" / "qsensoropt-1.1.0" / "examples" / "nv_center_dc" / "trained_models"
-SHIPPED = {"static": "nv_center_meas_lr_0.0001_static_batchsize_2048_num_steps_24_max_resources_24.00_ll_True_cl_True",
-           "nn": "nv_center_meas_lr_0.0001_batchsize_2048_num_steps_24_max_resources_24.00_ll_True_cl_True"}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (VENV_PYTHON.exists() and SDIST_MODELS.is_dir()),
+@pytest.mark.skipif(not (VENV_PYTHON.exists() and shipped_policy_path(DEFAULT_SDIST, "nn").is_dir()),
                     reason="no .venv-qsensoropt with its sdist (experiments/qsensoropt_venv.sh makes both)")
 @pytest.mark.parametrize("mode", ["static", "nn"])
 def test_policy_from_evaluates_the_shipped_policy(tmp_path, mode):
     out, weights = tmp_path / f"{mode}.json", tmp_path / "w.npz"
-    cmd = [str(VENV_PYTHON), str(SCRIPT), "--mode", mode, "--policy-from", str(SDIST_MODELS / SHIPPED[mode]),
+    cmd = [str(VENV_PYTHON), str(SCRIPT), "--mode", mode, "--policy-from", str(shipped_policy_path(DEFAULT_SDIST, mode)),
            "--seed", "0", "--n-eval", "256", "--out", str(out)]
     if mode == "nn":
         cmd += ["--save-weights", str(weights)]
@@ -256,14 +254,14 @@ def test_policy_from_evaluates_the_shipped_policy(tmp_path, mode):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     print(f"\nshipped {mode}: MSE(20)={r['mse_n'][19]:.3e} MSE(24)={r['mse_final']:.3e} (256 episodes)")
-    assert r["steps"] == 0 and r["policy_from"].endswith(SHIPPED[mode]) and r["step_seconds"] == []
+    assert r["steps"] == 0 and r["policy_from"].endswith(SHIPPED_POLICY[mode]) and r["step_seconds"] == []
     # The shipped policies were trained for 32,768 steps: MSE(20) 7.3e-4 (static) and 1.05e-3
     # (NN) in qsensoropt 1.1.0's own evaluation (README, NV-DC-24). 4e-3 leaves room for the
     # heavy tail of a 256-episode mean and is still below what a policy that was not loaded
     # would give: tau = 1 at every step (v = 0) has MSE(20) 3.0e-2 (our core, 4,096 episodes).
     assert r["mse_n"][19] < 4e-3
     if mode == "static":
-        v = script.read_static_controls(str(SDIST_MODELS / SHIPPED[mode]))
+        v = script.read_static_controls(str(shipped_policy_path(DEFAULT_SDIST, mode)))
         assert r["controls"] == pytest.approx([abs(30 * x + 1) for x in v], rel=1e-6)
     else:
         import numpy as np
