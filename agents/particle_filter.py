@@ -74,6 +74,13 @@ class ResampleConfig:
         attached before normalising (w_i / sg(q_i), then normalised): the score enters
         centred, (theta_i - mu) d log q_i.
     jitter: "coded" or "documented" (see the module docstring).
+    batch_fraction: None (default): each filter resamples when its own N_eff is low
+        (qsensoropt 1.1.0's partial resampling). A number f in (0, 1]: the filters of a batch
+        resample together, all of them, once at least a fraction f of the batch's active
+        filters has N_eff < threshold * N (qsensoropt 1.0.0's ``check_resampling`` with
+        ``resample_fraction=f``; its ``examples/nv_center_dc.py`` sets f = 0.98, and the
+        published NV-DC-24 curves were made so). It couples the episodes of a batch, so
+        results depend on the batch size, and it needs ``maybe_resample(axis_name=...)``.
     """
 
     enabled: bool = struct.field(pytree_node=False, default=True)
@@ -83,6 +90,7 @@ class ResampleConfig:
     scibior_wood: bool = struct.field(pytree_node=False, default=True)
     sw_order: str = struct.field(pytree_node=False, default="qsensoropt")
     jitter: str = struct.field(pytree_node=False, default="coded")
+    batch_fraction: float | None = struct.field(pytree_node=False, default=None)
 
 
 def init_uniform(key: jax.Array, n_particles: int, low: jnp.ndarray, high: jnp.ndarray,
@@ -181,6 +189,9 @@ def _check_config(config: ResampleConfig) -> None:
         raise ValueError(f"jitter must be one of {JITTERS}, got jitter={config.jitter!r}")
     if config.sw_order not in SW_ORDERS:
         raise ValueError(f"sw_order must be one of {SW_ORDERS}, got sw_order={config.sw_order!r}")
+    f = config.batch_fraction
+    if f is not None and (isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1):
+        raise ValueError(f"batch_fraction must be None or a number in (0, 1], got batch_fraction={f!r}")
 
 
 def _soft_draw(u: jnp.ndarray, w: jnp.ndarray, config: ResampleConfig):
@@ -285,13 +296,30 @@ def _noise_of(key, noise: ResampleNoise | None, n: int, d: int, dtype) -> Resamp
 
 def maybe_resample(key: jax.Array | None, pf: ParticleFilter, low, high,
                    config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None,
-                   noise: ResampleNoise | None = None) -> tuple[ParticleFilter, jnp.ndarray]:
+                   noise: ResampleNoise | None = None, active=True) -> tuple[ParticleFilter, jnp.ndarray]:
     """Resample iff N_eff < threshold * N (per filter: under vmap this is qsensoropt's partial
-    resampling). Returns (filter, resampled flag). ``axis_name``, ``noise``: see ``resample``."""
+    resampling). Returns (filter, resampled flag). ``axis_name``, ``noise``: see ``resample``.
+
+    With ``config.batch_fraction = f`` the decision is the batch's: every filter of the
+    enclosing ``jax.vmap(..., axis_name=axis_name)`` resamples iff at least f times the number
+    of ``active`` filters (a bool per filter: its episode is still measuring; qsensoropt's
+    ``count_for_resampling``) are active and have N_eff < threshold * N. Raises ValueError
+    without ``axis_name``: one filter alone has no batch."""
     if not config.enabled:
         return pf, jnp.zeros((), bool)
+    _check_config(config)
     n = pf.weights.shape[0]
     need = effective_sample_size(pf) < config.threshold * n
+    if config.batch_fraction is not None:
+        if axis_name is None:
+            raise ValueError(f"batch_fraction={config.batch_fraction!r} resamples a batch of filters together: "
+                             "call maybe_resample under jax.vmap(..., axis_name=...) and pass that axis_name")
+        active = jnp.asarray(active, bool)
+        n_need = jax.lax.psum((need & active).astype(jnp.int32), axis_name)
+        n_active = jax.lax.psum(active.astype(jnp.int32), axis_name)
+        # qsensoropt compares count_nonzero(need) >= f * count_nonzero(active) in float64;
+        # both counts are exact integers here, the product rounds as there
+        need = n_need.astype(jnp.float64) >= config.batch_fraction * n_active.astype(jnp.float64)
     new = resample(key, pf, low, high, config, axis_name=axis_name, noise=noise)
     out = jax.tree_util.tree_map(lambda a, b: jnp.where(need, a, b), new, pf)
     return out, need

@@ -147,6 +147,59 @@ def test_partial_resampling_per_batch_element():
     np.testing.assert_allclose(float(jnp.sum(out.weights[0])), 1.0, rtol=1e-12)
 
 
+def _four_filters():
+    # filters 0 and 1 sharply updated (N_eff < N/2), 2 and 3 barely
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    pfs = jax.vmap(lambda k: init_uniform(k, 480, LOW, HIGH))(keys)
+    taus = jnp.array([[40.0, 55.0, 71.0], [38.0, 61.0, 80.0], [0.01] * 3, [0.01] * 3])
+
+    def update(pf, ts):
+        for t in ts:
+            pf = bayes_update(pf, 1.0, t, ramsey(0.0))
+        return pf
+
+    upd = jax.vmap(update)(pfs, taus)
+    ess = np.asarray(jax.vmap(effective_sample_size)(upd))
+    assert ess[0] < 240 and ess[1] < 240 and ess[2] > 240 and ess[3] > 240
+    return keys, upd
+
+
+@pytest.mark.parametrize("fraction,active,expected", [
+    # 2 of 4 active filters need it: f <= 0.5 resamples the whole batch, f > 0.5 none of it
+    (0.5, (True, True, True, True), True),
+    (0.51, (True, True, True, True), False),
+    # filter 3 finished: 2 of 3 active need it (qsensoropt counts only the active ones)
+    (0.66, (True, True, True, False), True),
+    (0.67, (True, True, True, False), False),
+    # a finished filter that needs it is not counted: 1 of 3
+    (0.34, (True, False, True, True), False),
+    (0.33, (True, False, True, True), True),
+])
+def test_batch_fraction_resamples_the_whole_batch_or_none(fraction, active, expected):
+    # qsensoropt 1.0.0's check_resampling (resample_fraction = f): every filter of the batch is
+    # resampled iff #(active and N_eff < N/2) >= f #(active); the resampled filters equal
+    # resample() of each with the same key, the others are returned bit for bit.
+    keys, upd = _four_filters()
+    config = ResampleConfig(batch_fraction=fraction)
+    out, did = jax.jit(jax.vmap(lambda k, pf, a: maybe_resample(k, pf, LOW, HIGH, config, axis_name="b", active=a),
+                                axis_name="b"))(keys, upd, jnp.asarray(active))
+    assert np.asarray(did).tolist() == [expected] * 4
+    each = jax.vmap(lambda k, pf: resample(k, pf, LOW, HIGH, config))(keys, upd)
+    want = each if expected else upd
+    np.testing.assert_array_equal(np.asarray(out.particles), np.asarray(want.particles))
+    np.testing.assert_array_equal(np.asarray(out.weights), np.asarray(want.weights))
+
+
+def test_batch_fraction_needs_a_batch_and_a_valid_fraction():
+    keys, upd = _four_filters()
+    pf = jax.tree_util.tree_map(lambda x: x[0], upd)
+    with pytest.raises(ValueError, match="batch_fraction"):
+        maybe_resample(keys[0], pf, LOW, HIGH, ResampleConfig(batch_fraction=0.98))
+    for bad in (0.0, 1.5, True, "0.9"):
+        with pytest.raises(ValueError, match="batch_fraction"):
+            maybe_resample(keys[0], pf, LOW, HIGH, ResampleConfig(batch_fraction=bad))
+
+
 def test_soft_resampling_is_unbiased_and_scibior_wood_keeps_the_value():
     key = jax.random.PRNGKey(5)
     pf = init_uniform(key, 100_000, LOW, HIGH)
