@@ -379,7 +379,8 @@ class _Setup:
             tau, phase = self.controls(policy_params, feats, step)
             y, allowed = self.outcome(theta[0], rate, tau, phase, u, resources, done)
             new = bayes_update(pf, y, (tau, phase), lik)
-            new, _ = maybe_resample(None, new, low, high, task.resample_config, axis_name=_EPISODES, noise=rs_noise)
+            new, _ = maybe_resample(None, new, low, high, task.resample_config, axis_name=_EPISODES, noise=rs_noise,
+                                    active=allowed)
             pf = jax.tree_util.tree_map(lambda a, b: jnp.where(allowed, a, b), new, pf)
             mu = weighted_sum(pf.weights, pf.particles[:, 0])
             resources, done, score, out = self.account(theta[0], rate, tau, phase, y, allowed, mu, resources, done,
@@ -669,6 +670,9 @@ def native_support(task: BayesianMagnetometry) -> tuple[bool, str]:
         return False, "the native kernel filters omega alone; the task has unknown_t2=True"
     if task.resample_config.sw_order != "qsensoropt":
         return False, f"the native kernel has sw_order='qsensoropt' only, got {task.resample_config.sw_order!r}"
+    if task.resample_config.batch_fraction is not None:
+        return False, ("the native kernel decides resampling per filter; the task resamples whole batches "
+                       f"(resample_fraction={task.resample_config.batch_fraction!r})")
     return pf_native.available()
 
 
@@ -848,11 +852,16 @@ _EVALUATORS = ProgramCache(8)
 def evaluate(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any, policy_params: Any,
              key: jax.Array, n_episodes: int, *, chunk: int = 1024) -> dict[str, np.ndarray]:
     """Run the policy on ``n_episodes`` fresh episodes (episode i uses fold_in(key, i); vmapped
-    in chunks of ``chunk`` under lax.map). Returns numpy arrays (n_episodes, n_steps): "se",
+    in chunks of ``chunk`` under lax.map; with the task's ``resample_fraction`` a chunk is the
+    batch whose filters resample together). Returns numpy arrays (n_episodes, n_steps): "se",
     "tau", "phase", "active". MSE(n) = out["se"].mean(0). The compiled program is kept per
     (config, task, params values, n_episodes, chunk), so another network or key reuses it."""
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, (int, np.integer)) or n_episodes < 1:
         raise ValueError(f"n_episodes must be a positive int, got n_episodes={n_episodes!r}")
+    if task.resample_config.batch_fraction is not None and n_episodes % chunk:
+        raise ValueError(f"n_episodes must be a multiple of chunk (the batch whose filters resample together, "
+                         f"resample_fraction={task.resample_config.batch_fraction!r}), got n_episodes={n_episodes}, "
+                         f"chunk={chunk}")
     chunk = int(np.gcd(int(n_episodes), int(chunk)))
     values = values_key(params)
     cache_key = None if values is None else (config, task, values, int(n_episodes), chunk)

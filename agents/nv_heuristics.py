@@ -26,6 +26,7 @@ from qsmgym.agents._programs import ProgramCache, values_key
 from qsmgym.agents.particle_filter import ParticleFilter, _draw_indices, mean_cov
 
 POLICIES = ("sigma_inverse", "pgh", "constant")
+_EPISODES = "episodes"  # the vmap axis of a chunk of episodes (a batch, for resample_fraction)
 
 
 def sigma_inverse_tau(key: jax.Array, pf: ParticleFilter, inv_t2) -> jnp.ndarray:
@@ -65,7 +66,9 @@ def rollout_tau_policy(task, params, policy: Callable, key: jax.Array, n_episode
 
     Episodes are vmapped in chunks of ``chunk`` (lax.map over chunks bounds the memory:
     chunk x n_particles float64 per array). Episode i uses key fold_in(key, i): results do not
-    depend on ``chunk``. Returns arrays of shape (n_episodes, n_steps): "se" (squared error of
+    depend on ``chunk``, unless the task has ``resample_fraction``: then a chunk is the batch
+    whose filters resample together (qsensoropt's batch size), and ``n_episodes`` must be a
+    multiple of it. Returns arrays of shape (n_episodes, n_steps): "se" (squared error of
     the posterior mean of omega), "variance" (posterior variance of omega), "tau",
     "resources", "active" (1 while the budget allowed the measurement), and "reward".
     Under a time budget a finished episode keeps its last estimate (its SE stays frozen).
@@ -85,6 +88,10 @@ def rollout_tau_policies(task, params, policies: Sequence[Callable], keys: Seque
         raise ValueError(f"policies and keys must be non-empty and of equal length, got {len(policies)} and {len(keys)}")
     n_steps = task.horizon if n_steps is None else int(n_steps)
     if n_episodes % chunk:
+        if task.resample_config.batch_fraction is not None:
+            raise ValueError(f"n_episodes must be a multiple of chunk (the batch that resamples together, "
+                             f"resample_fraction={task.resample_config.batch_fraction!r}), got n_episodes={n_episodes}, "
+                             f"chunk={chunk}")
         chunk = int(np.gcd(n_episodes, chunk))
     run = _runner(task, params, tuple(policies), int(n_episodes), n_steps, int(chunk))
     results = []
@@ -117,7 +124,8 @@ def _build_runner(task, params, policies: tuple, n_episodes: int, n_steps: int, 
         def body(state, k_step):
             k_pol, k_meas = jax.random.split(k_step)
             tau = jax.lax.switch(which, branches, k_pol, state.pf)
-            _, new, reward, term, info = task.measure(k_meas, state, tau, jnp.zeros(()), params)
+            _, new, reward, term, info = task.measure(k_meas, state, tau, jnp.zeros(()), params,
+                                                      axis_name=_EPISODES)
             out = {"se": info["se"], "variance": info["posterior_variance"], "tau": tau,
                    "resources": new.resources, "active": info["measured"], "reward": reward}
             return new, out
@@ -127,7 +135,7 @@ def _build_runner(task, params, policies: tuple, n_episodes: int, n_steps: int, 
 
     ids = jnp.arange(n_episodes).reshape(-1, chunk)
     return jax.jit(lambda key, which: jax.lax.map(
-        lambda c: jax.vmap(lambda i: episode(jax.random.fold_in(key, i), which))(c), ids))
+        lambda c: jax.vmap(lambda i: episode(jax.random.fold_in(key, i), which), axis_name=_EPISODES)(c), ids))
 
 
 def bootstrap_mean_ci(x, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
