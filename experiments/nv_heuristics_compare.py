@@ -5,6 +5,14 @@ settings").
 
     python -m qsmgym.experiments.nv_heuristics_compare --runs 16 --out-dir docs/results/nv-dc-24/heuristics
     python -m qsmgym.experiments.nv_heuristics_compare --runs 16 --records q/*.json   # reuse qsensoropt runs
+    python -m qsmgym.experiments.nv_heuristics_compare --runs 16 --resample-fraction 0.98 --batch 2048 \
+        --out-dir docs/results/nv-dc-24/heuristics-published-settings
+
+``--resample-fraction 0.98 --batch 2048``: both sides resample whole batches of 2048 episodes once
+98 % of a batch needs it (qsensoropt 1.0.0's ``check_resampling``; ``examples/nv_center_dc.py``
+sets it), the evaluation that made the published curves. Without them: qsensoropt 1.1.0's
+defaults, each episode's filter resampling on its own (batches of 1024, which then do not
+change the results).
 
 Each side makes R independent runs of 16,384 episodes (qsensoropt's evaluation size):
 - ours through the env's functional core (float64 filter, unclipped tau;
@@ -42,37 +50,49 @@ STEPS = (20, 24)  # MSE(n) compared: the published n and the horizon
 # The recorded comparison (session 19) that `qsm reproduce belliardo2024` and the slow heuristic
 # tests read qsensoropt's runs from; absent from an installed (non-checkout) package.
 RECORDED_SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / "nv-dc-24" / "heuristics" / "summary.json"
+# The same at the published curves' evaluation settings (session 28): batches of 2048 episodes
+# that resample together once 98 % of a batch needs it (qsensoropt 1.0.0; see the module doc).
+PUBLISHED_SETTINGS = {"resample_fraction": 0.98, "batch": 2048}
+RECORDED_SUMMARY_PUBLISHED_SETTINGS = RECORDED_SUMMARY.parents[1] / "heuristics-published-settings" / "summary.json"
 Z95 = 1.959963984540054
 
 
 @functools.lru_cache(maxsize=None)
-def nv_task(n_particles: int = 480):
-    """NV-DC-24's BayesianMagnetometry with a filter of ``n_particles`` (480 as in the spec), one
-    object per count: the compiled rollout and evaluation programs are cached per task object,
-    so the runs that share it compile once."""
+def nv_task(n_particles: int = 480, resample_fraction: float | None = None):
+    """NV-DC-24's BayesianMagnetometry with a filter of ``n_particles`` (480 as in the spec) and
+    ``resample_fraction`` (None: per-episode resampling, qsensoropt 1.1.0), one object per
+    setting: the compiled rollout and evaluation programs are cached per task object, so the
+    runs that share it compile once."""
     from qsmgym.envs.bayesian_magnetometry import BayesianMagnetometry
 
-    return BayesianMagnetometry(n_particles=n_particles)
+    return BayesianMagnetometry(n_particles=n_particles, resample_fraction=resample_fraction)
 
 
-def run_ours(name: str, run: int, episodes: int, n_particles: int = 480) -> dict:
+def run_ours(name: str, run: int, episodes: int, n_particles: int = 480, resample_fraction: float | None = None,
+             batch: int = 1024) -> dict:
     """One run of our heuristic ``name`` (episodes x 24 measurements, a filter of
-    ``n_particles``): a record with mse_n."""
+    ``n_particles``, vmapped in batches of ``batch``, which resample together with
+    ``resample_fraction``): a record with mse_n."""
     import jax
 
     from qsmgym.agents.nv_heuristics import policy_by_name, rollout_tau_policy
 
-    task = nv_task(n_particles)
+    task = nv_task(n_particles, resample_fraction)
     t0 = time.perf_counter()
     se = np.asarray(rollout_tau_policy(task, task.default_params(), policy_by_name(name),
-                                       jax.random.PRNGKey(OUR_KEY_OFFSET + run), episodes)["se"], np.float64)
+                                       jax.random.PRNGKey(OUR_KEY_OFFSET + run), episodes, chunk=batch)["se"],
+                    np.float64)
     return {"implementation": "qsm-gym", "mode": HEURISTICS[name], "seed": OUR_KEY_OFFSET + run,
-            "n_eval": episodes, "mse_n": se.mean(0).tolist(), "wall_s": time.perf_counter() - t0}
+            "n_eval": episodes, "eval_batch": batch, "resample_fraction": resample_fraction,
+            "n_particles": n_particles, "mse_n": se.mean(0).tolist(), "wall_s": time.perf_counter() - t0}
 
 
-def run_theirs(python: str, name: str, seed: int, episodes: int, timeout: float | None) -> dict | None:
+def run_theirs(python: str, name: str, seed: int, episodes: int, timeout: float | None,
+               resample_fraction: float | None = None, batch: int = 1024) -> dict | None:
     cmd = [python, str(QSENSOROPT_SCRIPT), "--mode", HEURISTICS[name], "--seed", str(seed),
-           "--n-eval", str(episodes)]
+           "--n-eval", str(episodes), "--eval-batch", str(batch)]
+    if resample_fraction is not None:
+        cmd += ["--resample-fraction", repr(float(resample_fraction))]
     return _subprocess_json(cmd, f"qsensoropt {HEURISTICS[name]} seed {seed}", timeout)
 
 
@@ -102,9 +122,10 @@ def compare(ours: list[dict], theirs: list[dict], published: float | None, steps
     return out
 
 
-def load_records(paths: list[str]) -> dict[str, list[dict]]:
-    """qsensoropt_nv_dc.py result JSONs (mode pgh or sigma) by our heuristic name; other modes
-    and files of ours (implementation qsm-gym) are refused."""
+def load_records(paths: list[str], resample_fraction: float | None = None) -> dict[str, list[dict]]:
+    """qsensoropt_nv_dc.py result JSONs (mode pgh or sigma) by our heuristic name; other modes,
+    files of ours (implementation qsm-gym) and runs at another ``resample_fraction`` (absent:
+    None, the script's default) are refused."""
     by_mode = {v: k for k, v in HEURISTICS.items()}
     out: dict[str, list[dict]] = {}
     for path in paths:
@@ -112,14 +133,17 @@ def load_records(paths: list[str]) -> dict[str, list[dict]]:
         if r.get("implementation") == "qsm-gym" or r.get("mode") not in by_mode:
             raise ValueError(f"--records takes qsensoropt_nv_dc.py results of mode pgh or sigma, got "
                              f"mode={r.get('mode')!r} in {path}")
+        if r.get("resample_fraction") != resample_fraction:
+            raise ValueError(f"--records: {path} was run with resample_fraction={r.get('resample_fraction')!r}, "
+                             f"this comparison has --resample-fraction {resample_fraction!r}")
         out.setdefault(by_mode[r["mode"]], []).append(_slim(r))
     return out
 
 
 def _slim(r: dict) -> dict:
     """The keys kept in summary.json (the per-episode errors at n = 24 are dropped)."""
-    keys = ("implementation", "mode", "seed", "n_eval", "mse_n", "wall_s", "eval_wall_s", "loadavg_1m_start",
-            "qsensoropt_version", "tensorflow_version")
+    keys = ("implementation", "mode", "seed", "n_eval", "eval_batch", "resample_fraction", "n_particles", "mse_n",
+            "wall_s", "eval_wall_s", "loadavg_1m_start", "qsensoropt_version", "tensorflow_version")
     return {k: r[k] for k in keys if k in r}
 
 
@@ -132,14 +156,27 @@ def main(argv=None) -> int:
     p.add_argument("--no-qsensoropt", action="store_true", help="ours only (no comparison)")
     p.add_argument("--records", nargs="+", default=None,
                    help="qsensoropt_nv_dc.py results to use instead of running qsensoropt")
+    p.add_argument("--resample-fraction", type=float, default=None, metavar="F",
+                   help="both sides: resample a whole batch once a fraction F of it needs it (0.98: the "
+                        "published curves' evaluation); default: each episode on its own (qsensoropt 1.1.0)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="episodes a batch, both sides (2048: the published curves'); must divide --episodes; "
+                        "needed with --resample-fraction (default without: 1024, which then changes nothing)")
     p.add_argument("--timeout", type=float, default=1800.0, help="per qsensoropt run, seconds")
     p.add_argument("--out-dir", default=None)
     args = p.parse_args(argv)
     if args.runs < 2 or args.episodes < 1:
         p.error(f"--runs must be >= 2 and --episodes >= 1, got --runs {args.runs} --episodes {args.episodes}")
+    if args.resample_fraction is not None and args.batch is None:
+        p.error("--resample-fraction needs --batch (the episodes that resample together)")
+    if args.batch is not None and (args.batch < 1 or args.episodes % args.batch):
+        p.error(f"--batch must be positive and divide --episodes, got --batch {args.batch} --episodes {args.episodes}")
+    batch = 1024 if args.batch is None else args.batch
+    if args.resample_fraction is not None and not 0 < args.resample_fraction <= 1:
+        p.error(f"--resample-fraction must lie in (0, 1], got {args.resample_fraction!r}")
     from qsmgym.envs.bayesian_magnetometry import QSENSOROPT_MSE20
 
-    theirs = load_records(args.records) if args.records else {}
+    theirs = load_records(args.records, args.resample_fraction) if args.records else {}
     py = None
     if not args.records and not args.no_qsensoropt:
         py = qsensoropt_python(args.qsensoropt_python)
@@ -148,12 +185,13 @@ def main(argv=None) -> int:
     ours: dict[str, list[dict]] = {}
     for name in args.heuristics:
         for r in range(args.runs):
-            rec = run_ours(name, r, args.episodes)
+            rec = run_ours(name, r, args.episodes, resample_fraction=args.resample_fraction, batch=batch)
             print(f"[ours {name} run {r}] MSE(20) {rec['mse_n'][19]:.4e}  MSE(24) {rec['mse_n'][23]:.4e}  "
                   f"{rec['wall_s']:.0f} s", flush=True)
             ours.setdefault(name, []).append(rec)
             if py:
-                t = run_theirs(py, name, FIRST_SEED + r, args.episodes, args.timeout)
+                t = run_theirs(py, name, FIRST_SEED + r, args.episodes, args.timeout, args.resample_fraction,
+                               batch)
                 theirs.setdefault(name, []).extend([_slim(t)] if t else [])
     results = {}
     for name in args.heuristics:

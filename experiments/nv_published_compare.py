@@ -12,6 +12,14 @@ the published curves.
     python -m qsmgym.experiments.nv_published_compare --runs 5 --episodes 65536 \\
         --particles 480 1920 --heuristic-records docs/results/nv-dc-24/heuristics/summary.json \\
         --out-dir docs/results/nv-dc-24/published
+    python -m qsmgym.experiments.nv_published_compare --runs 5 --episodes 65536 --resample-fraction 0.98 \\
+        --batch 2048 --heuristic-records docs/results/nv-dc-24/heuristics-published-settings/summary.json \\
+        --out-dir docs/results/nv-dc-24/published-settings
+
+``--resample-fraction 0.98 --batch 2048`` evaluates as the published curves were made: qsensoropt
+1.0.0's full-batch resampling (``examples/nv_center_dc.py`` passes ``resample_fraction=0.98``;
+1.1.0's default is per-episode resampling) in batches of 2048 episodes, on both sides (ours
+then runs the JAX filter: the native kernel decides per filter).
 
 Per (policy, implementation, particle count) it makes R runs of E fresh episodes:
 - ours, static and NN: ``model_aware_pf.evaluate`` (float32 filter, as in training and in
@@ -61,6 +69,8 @@ SHIPPED_POLICY = {  # trained_models/: the static v_k (savetxt) and the NN (Kera
 # --out-dir gets a copy of the shipped static policy under this name (qsensoropt's v_k, as shipped)
 SHIPPED_STATIC_COPY = "shipped_static_v.txt"
 RECORDED_SUMMARY = REPO / "docs" / "results" / "nv-dc-24" / "published" / "summary.json"
+# the same at the published curves' settings (--resample-fraction 0.98 --batch 2048; session 28)
+RECORDED_SUMMARY_PUBLISHED_SETTINGS = RECORDED_SUMMARY.parents[1] / "published-settings" / "summary.json"
 POLICIES = ("nn", "static", "pgh", "sigma_inverse")
 TRAINED = ("nn", "static")
 N_PUBLISHED = 20  # these CSVs stop at n = 20 (a first row n = 0 holds the prior's variance)
@@ -112,20 +122,26 @@ def static_controls(sdist: Path) -> np.ndarray:
     return np.asarray(read_static_controls(str(shipped_policy_path(sdist, "static"))))
 
 
-def run_ours_trained(mode: str, policy_params, n_particles: int, run: int, episodes: int) -> dict:
-    """One run of a given static / NN policy in our float32 evaluator: a record with mse_n."""
+def run_ours_trained(mode: str, policy_params, n_particles: int, run: int, episodes: int,
+                     resample_fraction: float | None = None, batch: int = 1024) -> dict:
+    """One run of a given static / NN policy in our float32 evaluator (batches of ``batch``
+    episodes, resampling together with ``resample_fraction``): a record with mse_n."""
     import jax
 
     from qsmgym.agents import model_aware_pf as mapf
     from qsmgym.experiments.nv_heuristics_compare import nv_task
 
-    task = nv_task(n_particles)
-    config = mapf.ModelAwarePFConfig(policy=mode, dtype="float32")
+    task = nv_task(n_particles, resample_fraction)
+    # the native kernel decides resampling per filter: name the JAX filter rather than have
+    # backend "auto" warn that it falls back to it
+    config = mapf.ModelAwarePFConfig(policy=mode, dtype="float32",
+                                     backend="auto" if resample_fraction is None else "jax")
     t0 = time.perf_counter()
     se = mapf.evaluate(config, task, task.default_params(), policy_params, jax.random.PRNGKey(KEY_OFFSET + run),
-                       episodes)["se"]
+                       episodes, chunk=batch)["se"]
     return {"implementation": "qsm-gym", "policy": mode, "n_particles": n_particles, "seed": KEY_OFFSET + run,
-            "n_eval": episodes, "mse_n": se.mean(0, dtype=np.float64).tolist(), "wall_s": time.perf_counter() - t0,
+            "n_eval": episodes, "eval_batch": batch, "resample_fraction": resample_fraction,
+            "mse_n": se.mean(0, dtype=np.float64).tolist(), "wall_s": time.perf_counter() - t0,
             "backend": mapf.resolve_backend(config, task)}
 
 
@@ -151,22 +167,30 @@ def our_policy_params(mode: str, sdist: Path, weights: Path | None):
 
 
 def run_theirs_trained(python: str, mode: str, sdist: Path, run: int, episodes: int, timeout: float | None,
-                       save_weights: Path | None = None) -> dict | None:
+                       save_weights: Path | None = None, resample_fraction: float | None = None,
+                       batch: int = 1024) -> dict | None:
     """One qsensoropt 1.1.0 evaluation (480 particles) of a shipped policy."""
     cmd = [python, str(QSENSOROPT_SCRIPT), "--mode", mode, "--policy-from", str(shipped_policy_path(sdist, mode)),
-           "--seed", str(KEY_OFFSET + run), "--n-eval", str(episodes)]
+           "--seed", str(KEY_OFFSET + run), "--n-eval", str(episodes), "--eval-batch", str(batch)]
+    if resample_fraction is not None:
+        cmd += ["--resample-fraction", repr(float(resample_fraction))]
     if save_weights is not None:
         cmd += ["--save-weights", str(save_weights)]
     rec = _subprocess_json(cmd, f"qsensoropt {mode} shipped, run {run}", timeout)
     if rec is None:
         return None
     return {"implementation": "qsensoropt", "policy": mode, "n_particles": 480, "seed": rec["seed"],
-            "n_eval": rec["n_eval"], "mse_n": rec["mse_n"], "wall_s": rec.get("eval_wall_s"),
+            "n_eval": rec["n_eval"], "eval_batch": rec.get("eval_batch"),
+            "resample_fraction": rec.get("resample_fraction"), "mse_n": rec["mse_n"], "wall_s": rec.get("eval_wall_s"),
             "qsensoropt_version": rec.get("qsensoropt_version")}
 
 
-def heuristic_records(path: Path) -> list[dict]:
-    """Both sides' sigma^-1 / PGH runs (480 particles) of an nv_heuristics_compare summary."""
+def heuristic_records(path: Path, resample_fraction: float | None = None) -> list[dict]:
+    """Both sides' sigma^-1 / PGH runs (480 particles) of an nv_heuristics_compare summary.
+
+    Raises:
+        ValueError: not such a summary, or a run at another ``resample_fraction`` (a record
+            without one ran at None, the default)."""
     data = json.loads(Path(path).read_text())
     try:
         recs = data["records"]
@@ -174,8 +198,12 @@ def heuristic_records(path: Path) -> list[dict]:
         for side, implementation in (("ours", "qsm-gym"), ("qsensoropt", "qsensoropt")):
             for name in ("pgh", "sigma_inverse"):
                 for r in recs[side][name]:
+                    if r.get("resample_fraction") != resample_fraction:
+                        raise ValueError(f"{path}: a {side} {name} run has resample_fraction="
+                                         f"{r.get('resample_fraction')!r}, this comparison {resample_fraction!r}")
                     out.append({"implementation": implementation, "policy": name, "n_particles": 480,
-                                "seed": r["seed"], "n_eval": r["n_eval"], "mse_n": r["mse_n"]})
+                                "seed": r["seed"], "n_eval": r["n_eval"], "mse_n": r["mse_n"],
+                                "resample_fraction": resample_fraction})
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: not an nv_heuristics_compare summary (missing {e})") from None
     return out
@@ -228,7 +256,8 @@ def _run_trained(args, py: str | None, nn_weights: Path | None, scratch: Path) -
         if py is not None:
             for r in range(args.runs):
                 save = scratch / "shipped_nn_weights.npz" if mode == "nn" and nn_weights is None else None
-                rec = run_theirs_trained(py, mode, args.sdist_dir, r, args.episodes, args.timeout, save)
+                rec = run_theirs_trained(py, mode, args.sdist_dir, r, args.episodes, args.timeout, save,
+                                         args.resample_fraction, args.batch)
                 if rec is not None:
                     out.append(rec)
                     if save is not None and save.is_file():
@@ -236,7 +265,7 @@ def _run_trained(args, py: str | None, nn_weights: Path | None, scratch: Path) -
         params = our_policy_params(mode, args.sdist_dir, nn_weights)
         for n_p in args.particles:
             for r in range(args.runs):
-                rec = run_ours_trained(mode, params, n_p, r, args.episodes)
+                rec = run_ours_trained(mode, params, n_p, r, args.episodes, args.resample_fraction, args.batch)
                 print(f"ours {mode} {n_p} particles run {r}: MSE(20) {rec['mse_n'][19]:.4e} ({rec['wall_s']:.0f} s)",
                       flush=True)
                 out.append(rec)
@@ -264,6 +293,12 @@ def main(argv=None) -> int:
                         "(otherwise ours are run and qsensoropt's heuristics are left out)")
     p.add_argument("--nn-weights", type=Path, default=None,
                    help="the shipped NN as a Keras-order npz (default: written by the qsensoropt run)")
+    p.add_argument("--resample-fraction", type=float, default=None, metavar="F",
+                   help="both sides: a batch resamples all its filters once a fraction F of them needs it "
+                        "(0.98 with --batch 2048: the published curves' evaluation); default: per episode")
+    p.add_argument("--batch", type=_positive, default=None,
+                   help="episodes a batch, both sides; must divide --episodes and --heuristic-episodes; needed "
+                        "with --resample-fraction (default without: 1024, which then changes nothing)")
     p.add_argument("--qsensoropt-python", default=None)
     p.add_argument("--no-qsensoropt", action="store_true", help="ours only")
     p.add_argument("--timeout", type=float, default=1800.0, help="per qsensoropt run, seconds")
@@ -271,6 +306,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.runs < 2:
         p.error(f"--runs must be >= 2 (a standard error needs two runs), got --runs {args.runs}")
+    if args.resample_fraction is not None and not 0 < args.resample_fraction <= 1:
+        p.error(f"--resample-fraction must lie in (0, 1], got {args.resample_fraction!r}")
+    if args.resample_fraction is not None and args.batch is None:
+        p.error("--resample-fraction needs --batch (the episodes that resample together)")
+    if args.batch is None:
+        args.batch = 1024
+    elif args.episodes % args.batch or args.heuristic_episodes % args.batch:
+        p.error(f"--batch must divide --episodes and --heuristic-episodes, got --batch {args.batch}, "
+                f"--episodes {args.episodes}, --heuristic-episodes {args.heuristic_episodes}")
     try:
         published = published_curves(args.sdist_dir)
     except (FileNotFoundError, ValueError) as e:
@@ -280,7 +324,11 @@ def main(argv=None) -> int:
     records: list[dict] = []
     heuristics = [h for h in args.policies if h not in TRAINED]
     if args.heuristic_records is not None and heuristics:
-        records += [r for r in heuristic_records(args.heuristic_records) if r["policy"] in heuristics]
+        try:
+            found = heuristic_records(args.heuristic_records, args.resample_fraction)
+        except ValueError as e:
+            p.error(str(e))
+        records += [r for r in found if r["policy"] in heuristics]
     py = None if args.no_qsensoropt else qsensoropt_python(args.qsensoropt_python)
     if not args.no_qsensoropt and py is None:
         print("qsensoropt: skipped: no interpreter (--qsensoropt-python, $QSENSOROPT_PYTHON)", flush=True)
@@ -300,7 +348,8 @@ def main(argv=None) -> int:
             if n_p == 480 and args.heuristic_records is not None:
                 continue  # in the records
             for r in range(args.runs):
-                rec = run_ours_heuristic(name, r, args.heuristic_episodes, n_particles=n_p)
+                rec = run_ours_heuristic(name, r, args.heuristic_episodes, n_particles=n_p,
+                                         resample_fraction=args.resample_fraction, batch=args.batch)
                 rec.update(policy=name, n_particles=n_p)
                 print(f"ours {name} {n_p} particles run {r}: MSE(20) {rec['mse_n'][19]:.4e} ({rec['wall_s']:.0f} s)",
                       flush=True)

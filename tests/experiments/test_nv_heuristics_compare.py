@@ -84,3 +84,23 @@ def test_main_runs_ours_and_compares_with_given_records(tmp_path, capsys):
     assert "pgh" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         hc.main(["--runs", "1"])
+
+
+def test_resample_fraction_is_carried_to_both_sides_and_checked(tmp_path, capsys):
+    # --resample-fraction F --batch B: ours resamples whole batches of B (records say so); the
+    # qsensoropt records given must have been run at the same F (absent = None, the default)
+    (r,) = _records([7.3e-3])
+    (tmp_path / "q.json").write_text(json.dumps(r))
+    with pytest.raises(ValueError, match="resample_fraction=None"):
+        hc.load_records([str(tmp_path / "q.json")], 0.98)
+    assert len(hc.load_records([str(tmp_path / "q.json")])["pgh"]) == 1
+    out = tmp_path / "out"
+    assert hc.main(["--runs", "2", "--episodes", "32", "--batch", "16", "--resample-fraction", "0.98",
+                    "--heuristics", "pgh", "--no-qsensoropt", "--out-dir", str(out)]) == 0
+    ours = json.loads((out / "summary.json").read_text())["records"]["ours"]["pgh"]
+    assert all(r["resample_fraction"] == 0.98 and r["eval_batch"] == 16 for r in ours)
+    for bad in (["--batch", "24"], ["--resample-fraction", "0", "--batch", "16"], ["--resample-fraction", "1.5", "--batch", "16"],
+                ["--resample-fraction", "0.98"]):
+        with pytest.raises(SystemExit):
+            hc.main(["--runs", "2", "--episodes", "32", "--no-qsensoropt", *bad])
+    assert "--batch" in capsys.readouterr().err

@@ -131,6 +131,24 @@ def test_main_ours_only_writes_a_summary(tmp_path, capsys):
     assert npc.static_controls(sdist) == pytest.approx(np.loadtxt(out / npc.SHIPPED_STATIC_COPY), rel=1e-15)
 
 
+def test_published_settings_options(tmp_path, capsys):
+    # the recorded heuristic runs are at the default (None): asking for 0.98 refuses them
+    with pytest.raises(ValueError, match="resample_fraction=None"):
+        npc.heuristic_records(RECORDED_SUMMARY, 0.98)
+    _write_sdist(tmp_path)
+    for bad in (["--resample-fraction", "0", "--batch", "128"], ["--resample-fraction", "0.98"], ["--batch", "1000"]):
+        with pytest.raises(SystemExit):
+            npc.main(["--sdist-dir", str(tmp_path), "--runs", "2", "--policies", "static", "--no-qsensoropt", *bad])
+    assert "--batch must divide" in capsys.readouterr().err
+    params = npc.our_policy_params("static", tmp_path, None)
+    rec = npc.run_ours_trained("static", params, 480, 0, 256, resample_fraction=0.98, batch=128)
+    assert (rec["backend"], rec["resample_fraction"], rec["eval_batch"]) == ("jax", 0.98, 128)
+    assert len(rec["mse_n"]) == 24 and np.all(np.isfinite(rec["mse_n"]))
+    # and the batch really is the one that resamples together: another batch size, another result
+    other = npc.run_ours_trained("static", params, 480, 0, 256, resample_fraction=0.98, batch=256)
+    assert other["mse_n"] != rec["mse_n"]
+
+
 def test_main_without_qsensoropt_needs_the_nn_weights(tmp_path):
     _write_sdist(tmp_path)
     with pytest.raises(SystemExit):
@@ -144,26 +162,33 @@ def test_main_names_a_missing_sdist(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_shipped_static_policy_agrees_with_qsensoropt_own_evaluation():
+@pytest.mark.parametrize("settings", ["default", "published"])
+def test_shipped_static_policy_agrees_with_qsensoropt_own_evaluation(settings):
     """The static policy qsensoropt ships (trained for 32,768 steps at batch 2048), evaluated
     live in our float32 core, against qsensoropt 1.1.0's evaluation of the same policy recorded
     by nv_published_compare (R runs x 65,536 episodes, 480 particles). A trained policy drives
     the posterior narrower than the heuristics do, so this checks the filter where its
     resolution matters (n = 12..24). Criterion: the two-sample z-test at 95 % at n = 12, 20, 24,
-    each side's standard error its run-to-run sd / sqrt(R)."""
-    summary = json.loads(npc.RECORDED_SUMMARY.read_text())
-    v = np.loadtxt(npc.RECORDED_SUMMARY.parent / npc.SHIPPED_STATIC_COPY)
-    theirs = np.array([r["mse_n"] for r in summary["records"]
-                       if r["implementation"] == "qsensoropt" and r["policy"] == "static"])
+    each side's standard error its run-to-run sd / sqrt(R). "default": per-episode resampling
+    (1.1.0's default); "published": batches of 2048 resampling together at 98 % (both sides
+    run so; the published curves' settings), where the published value is printed as well."""
+    path = npc.RECORDED_SUMMARY if settings == "default" else npc.RECORDED_SUMMARY_PUBLISHED_SETTINGS
+    fraction, batch = (None, 1024) if settings == "default" else (0.98, 2048)
+    summary = json.loads(path.read_text())
+    v = np.loadtxt(path.parent / npc.SHIPPED_STATIC_COPY)
+    recs = [r for r in summary["records"] if r["implementation"] == "qsensoropt" and r["policy"] == "static"]
+    assert all(r.get("resample_fraction") == fraction for r in recs)
+    theirs = np.array([r["mse_n"] for r in recs])
     assert theirs.shape[0] >= 4 and v.shape == (24,)
     import jax.numpy as jnp
 
     params = {"v": jnp.asarray(v, jnp.float32)}
-    ours = np.array([npc.run_ours_trained("static", params, 480, 100 + r, 65536)["mse_n"] for r in range(4)])
+    ours = np.array([npc.run_ours_trained("static", params, 480, 100 + r, 65536, fraction, batch)["mse_n"]
+                     for r in range(4)])
     published = summary["published"]["static"]
     for n in (12, 20, 24):
         o, t = ours[:, n - 1], theirs[:, n - 1]
         se_o, se_t = o.std(ddof=1) / np.sqrt(o.size), t.std(ddof=1) / np.sqrt(t.size)
         pub = f", published {published[n - 1]:.3e}" if n <= 20 else ""
-        print(f"\nshipped static MSE({n}): ours {o.mean():.3e} +- {se_o:.1e}, qsensoropt {t.mean():.3e} +- {se_t:.1e}{pub}")
+        print(f"\n{settings}: shipped static MSE({n}): ours {o.mean():.3e} +- {se_o:.1e}, qsensoropt {t.mean():.3e} +- {se_t:.1e}{pub}")
         assert abs(o.mean() - t.mean()) <= 1.96 * np.hypot(se_o, se_t)

@@ -46,6 +46,8 @@ def test_parse_args_interface_used_by_side_by_side(tmp_path):
     assert args.eval_batch == 1024 and args.threads == 0  # documented defaults
     assert args.learning_rate is None  # None: the spec's rate for the mode
     assert script.parse_args(["--mode", "nn", "--learning-rate", "1e-4", "--out", str(out)]).learning_rate == 1e-4
+    assert args.resample_fraction is None  # None: qsensoropt 1.1.0's partial resampling
+    assert script.parse_args(["--mode", "pgh", "--resample-fraction", "0.98", "--out", str(out)]).resample_fraction == 0.98
 
 
 @pytest.mark.parametrize("argv", [
@@ -77,7 +79,10 @@ def test_validate_args_names_argument_and_value(tmp_path):
     good = script.parse_args(["--mode", "nn", "--out", str(tmp_path / "r.json")])
     for name, value, flag in [("seed", -1, "--seed"), ("n_eval", 0, "--n-eval"),
                               ("threads", -2, "--threads"), ("mode", "ppo", "--mode"),
-                              ("learning_rate", -0.001, "--learning-rate"), ("learning_rate", float("nan"), "--learning-rate")]:
+                              ("learning_rate", -0.001, "--learning-rate"), ("learning_rate", float("nan"), "--learning-rate"),
+                              ("resample_fraction", 0.0, "--resample-fraction"),
+                              ("resample_fraction", 1.5, "--resample-fraction"),
+                              ("resample_fraction", float("nan"), "--resample-fraction")]:
         bad = type(good)(**{**vars(good), name: value})
         with pytest.raises(ValueError, match=rf"{flag}.*{value}"):
             script.validate_args(bad)
