@@ -23,7 +23,11 @@ from qsmgym.envs.bayesian_magnetometry import (
     fisher_information,
     ramsey_probability,
 )
-from qsmgym.experiments.nv_heuristics_compare import RECORDED_SUMMARY
+from qsmgym.experiments.nv_heuristics_compare import (
+    PUBLISHED_SETTINGS,
+    RECORDED_SUMMARY,
+    RECORDED_SUMMARY_PUBLISHED_SETTINGS,
+)
 
 ID = "qsm/BayesianMagnetometry-v0"
 
@@ -215,11 +219,29 @@ def test_rollout_compiles_once_per_task_policy_and_params_values():
         ({"alpha": 0.0}, ValueError, "alpha"),
         ({"beta": 1.5}, ValueError, "beta"),
         ({"resample_threshold": "x"}, TypeError, "resample_threshold"),
+        ({"resample_fraction": 0.0}, ValueError, "resample_fraction"),
+        ({"resample_fraction": 1.5}, ValueError, "resample_fraction"),
+        ({"resample_fraction": "x"}, TypeError, "resample_fraction"),
     ],
 )
 def test_bad_configuration(kwargs, exc, name):
     with pytest.raises(exc, match=name):
         BayesianMagnetometry(**kwargs)
+
+
+def test_resample_fraction_runs_only_in_batched_rollouts():
+    # resample_fraction couples the episodes of a batch (qsensoropt 1.0.0's full-batch
+    # resampling): one environment's step has no batch and says so; a batched rollout's batch is
+    # its chunk, so n_episodes must be a multiple of it (never silently another batch size)
+    env = gym.make(ID, n_measurements=3, n_particles=32, resample_fraction=0.98)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="resample_fraction"):
+        env.step(np.array([0.0], np.float32))
+    task = BayesianMagnetometry(n_measurements=3, n_particles=32, resample_fraction=0.98)
+    with pytest.raises(ValueError, match="multiple of chunk"):
+        rollout_tau_policy(task, task.default_params(), pgh_tau, jax.random.PRNGKey(0), 12, chunk=8)
+    out = rollout_tau_policy(task, task.default_params(), pgh_tau, jax.random.PRNGKey(0), 16, chunk=8)
+    assert out["se"].shape == (16, 3) and np.all(np.isfinite(np.asarray(out["se"])))
 
 
 @pytest.mark.parametrize("action", [np.array([1.5], np.float32), np.array([np.nan], np.float32),
@@ -232,70 +254,90 @@ def test_bad_actions(action):
 
 
 
-PGH_PUBLISHED_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="qsensoropt 1.1.0 itself, run here at the spec's settings, gives PGH MSE(20) 7.26e-3 +- 0.08e-3 "
-    "over 16 x 16,384 episodes (docs/results/nv-dc-24/heuristics), 11 % above the published 6.51e-3, and ours "
-    "agrees with it (test_heuristics_agree_with_qsensoropt_run_here). Both libraries sit 9-16 % above the "
-    "published curves (qsensoropt's sdist CSVs) at n = 20 for all four policies, qsensoropt's own shipped trained "
-    "static and NN policies included, and within 2 % of them up to n = 5: the curves came from another evaluation than "
-    "1.1.0 at 480 particles (with 1920 particles ours meets PGH's value; docs/results/nv-dc-24/published, "
-    "experiments/nv_published_compare.py)"
-)
+# Two evaluation settings (docs/results/nv-dc-24, experiments/nv_heuristics_compare.py):
+# - "default": the spec's section 7 as written, qsensoropt 1.1.0's defaults: each episode's filter
+#   resamples on its own N_eff (batches of 1024 change nothing);
+# - "published": how qsensoropt's published curves were made (its examples/nv_center_dc.py with
+#   1.0.0, which passes resample_fraction=0.98; 4096 batches of 2048 episodes): the 2048 filters
+#   of a batch resample together once 98 % of them need it.
+SETTINGS = {"default": ({}, 1024, RECORDED_SUMMARY),
+            "published": ({"resample_fraction": PUBLISHED_SETTINGS["resample_fraction"]},
+                          PUBLISHED_SETTINGS["batch"], RECORDED_SUMMARY_PUBLISHED_SETTINGS)}
+HEURISTICS = [("sigma_inverse", sigma_inverse_tau), ("pgh", pgh_tau)]
 
 
 @functools.lru_cache(maxsize=None)
-def _our_heuristic_se(policy):
-    # 16,384 episodes (qsensoropt's evaluation size) vmapped in one jit, default settings (480
-    # particles, T2 = inf, N = 24), unclipped tau through the core: squared errors (episodes, 24)
-    task = BayesianMagnetometry()
-    res = rollout_tau_policy(task, task.default_params(), policy, jax.random.PRNGKey(20240), 16384)
+def _our_heuristic_se(policy, settings="default"):
+    # 65,536 episodes (4 x the spec's evaluation size, a 95 % CI about +-4 % wide at n = 20)
+    # vmapped in one jit, 480 particles, T2 = inf, N = 24, unclipped tau through the core: squared
+    # errors (episodes, 24). Until session 28 these were 16,384 episodes (CI about +-8 %); at the
+    # published settings the first 16,384 (the same episodes) gave PGH 7.09e-3, 2.4 run-to-run sd
+    # above the 16-run mean 6.51e-3, with the published value just below that CI: the test was
+    # made stricter, not looser (README, NV-DC-24).
+    kwargs, batch, _ = SETTINGS[settings]
+    task = BayesianMagnetometry(**kwargs)
+    res = rollout_tau_policy(task, task.default_params(), policy, jax.random.PRNGKey(20240), 65536, chunk=batch)
     return np.asarray(res["se"], np.float64)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy_name,policy", [("sigma_inverse", sigma_inverse_tau), ("pgh", pgh_tau)])
-def test_heuristics_agree_with_qsensoropt_run_here(policy_name, policy):
+@pytest.mark.parametrize("settings", sorted(SETTINGS))
+@pytest.mark.parametrize("policy_name,policy", HEURISTICS)
+def test_heuristics_agree_with_qsensoropt_run_here(policy_name, policy, settings):
     # The spec's criterion 1: the untrained heuristics agree with a qsensoropt run at the same
     # settings. qsensoropt's side is read from the recorded runs of
     # experiments/nv_heuristics_compare.py (R runs x 16,384 episodes of
-    # experiments/qsensoropt_nv_dc.py --mode pgh|sigma, qsensoropt 1.1.0, float32); its standard
-    # error is the run-to-run sd / sqrt(R). Ours: 16,384 fresh episodes, sd / sqrt(16,384).
+    # experiments/qsensoropt_nv_dc.py --mode pgh|sigma, qsensoropt 1.1.0, float32, with
+    # --resample-fraction 0.98 --eval-batch 2048 for "published"); its standard error is the
+    # run-to-run sd / sqrt(R). Ours: 65,536 fresh episodes, sd / sqrt(65,536).
     # Criterion: the two-sample z-test at 95 % at n = 20 and n = 24, plus the spec's +-20 %.
-    runs = json.loads(RECORDED_SUMMARY.read_text())["records"]["qsensoropt"][policy_name]
+    kwargs, batch, summary = SETTINGS[settings]
+    runs = json.loads(summary.read_text())["records"]["qsensoropt"][policy_name]
     mode = {"sigma_inverse": "sigma", "pgh": "pgh"}[policy_name]  # qsensoropt_nv_dc.py's --mode
     assert len(runs) >= 4 and all(r["n_eval"] == 16384 and r["mode"] == mode for r in runs)
-    se = _our_heuristic_se(policy)
+    assert all(r.get("resample_fraction") == kwargs.get("resample_fraction") for r in runs)
+    se = _our_heuristic_se(policy, settings)
     for n in (20, 24):
         x = se[:, n - 1]
         theirs = np.array([r["mse_n"][n - 1] for r in runs])
         se_ours, se_theirs = x.std(ddof=1) / np.sqrt(x.size), theirs.std(ddof=1) / np.sqrt(theirs.size)
         _, lo, hi = bootstrap_mean_ci(x, n_boot=1000)
-        print(f"{policy_name} MSE({n}): ours {x.mean():.3e} [{lo:.3e}, {hi:.3e}], qsensoropt here "
+        print(f"{settings} {policy_name} MSE({n}): ours {x.mean():.3e} [{lo:.3e}, {hi:.3e}], qsensoropt here "
               f"{theirs.mean():.3e} +- {se_theirs:.1e} ({theirs.size} runs)")
         assert abs(x.mean() / theirs.mean() - 1) <= 0.2
         assert abs(x.mean() - theirs.mean()) <= 1.96 * np.hypot(se_ours, se_theirs)
 
 
+def _published_in_ci(policy, policy_name, settings):
+    se = _our_heuristic_se(policy, settings)[:, 19]
+    mean, target = se.mean(), QSENSOROPT_MSE20[policy_name]
+    _, lo, hi = bootstrap_mean_ci(se, n_boot=2000)
+    print(f"{settings} {policy_name}: MSE(20) = {mean:.3e}, 95% bootstrap CI [{lo:.3e}, {hi:.3e}], median "
+          f"{np.median(se):.2e}; published {target:.3e} (ours/published {mean / target:.3f})")
+    return mean, target, lo <= target <= hi
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("policy_name,policy", [("sigma_inverse", sigma_inverse_tau),
-                                                pytest.param("pgh", pgh_tau, marks=PGH_PUBLISHED_XFAIL)])
+@pytest.mark.parametrize("policy_name,policy", HEURISTICS)
 def test_heuristics_reproduce_qsensoropt_published_mse20(policy_name, policy):
-    # Against qsensoropt's shipped MSE(20) (one 16,384-episode mean of the same heavy-tailed
-    # distribution, with the same relative standard error as ours: sd/sqrt(n)). Criterion: the
-    # two-sample z-test at 95 %, |ours - theirs| <= 1.96 sqrt(se_ours^2 + se_theirs^2),
-    # se_theirs = se_ours * theirs/ours (about +-18 %: the spec's "roughly +-20 %"). The bootstrap
-    # CI is printed for the report.
-    se = _our_heuristic_se(policy)[:, 19]
-    mean = se.mean()
-    se_ours = se.std(ddof=1) / np.sqrt(se.size)
-    target = QSENSOROPT_MSE20[policy_name]
-    se_theirs = se_ours * target / mean
-    _, lo, hi = bootstrap_mean_ci(se, n_boot=1000)
-    print(f"{policy_name}: MSE(20) = {mean:.3e}, 95% bootstrap CI [{lo:.3e}, {hi:.3e}], "
-          f"median {np.median(se):.2e}; qsensoropt {target:.2e}")
-    assert abs(mean / target - 1) <= 0.2  # the spec's pass criterion 1 (roughly +-20 %)
-    assert abs(mean - target) <= 1.96 * np.hypot(se_ours, se_theirs)
+    # Issue 7: the heuristics reproduce the spec's MSE(20) (3.57e-3, 6.51e-3) within bootstrap
+    # CIs. The published values are means over 4096 x 2048 episodes (examples/nv_center_dc.py's
+    # performance_evaluation): their own error is ~1/11 of ours and is neglected. Criterion: the
+    # published value lies in the 95 % bootstrap CI of our 65,536-episode mean at the settings
+    # that made it ("published" above), and within the spec's +-20 %.
+    mean, target, inside = _published_in_ci(policy, policy_name, "published")
+    assert inside
+    assert abs(mean / target - 1) <= 0.2
+
+
+@pytest.mark.slow
+def test_per_episode_resampling_misses_the_published_pgh_value():
+    # Why the settings matter: at the spec's section-7 settings as written (qsensoropt 1.1.0's
+    # per-episode resampling), PGH's MSE(20) is ~12 % above the published 6.51e-3, in ours and in
+    # qsensoropt 1.1.0 alike (docs/results/nv-dc-24/heuristics), and the published value falls
+    # outside our CI. If this starts to pass, the two settings no longer differ: re-examine.
+    mean, target, inside = _published_in_ci(pgh_tau, "pgh", "default")
+    assert not inside and mean > target
 
 
 def test_numpy_reference_stepper_matches_the_core_statistically():
