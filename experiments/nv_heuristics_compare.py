@@ -147,6 +147,32 @@ def _slim(r: dict) -> dict:
     return {k: r[k] for k in keys if k in r}
 
 
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """``--resample-fraction F`` and ``--batch B``, as this script and nv_published_compare take them."""
+    p.add_argument("--resample-fraction", type=float, default=None, metavar="F",
+                   help="both sides: a batch resamples all its filters once a fraction F of them needs it "
+                        "(0.98 with --batch 2048: the published curves' evaluation); default: each episode on "
+                        "its own (qsensoropt 1.1.0)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="episodes a batch, both sides; must divide the episodes of a run; needed with "
+                        "--resample-fraction (default without: 1024, which then changes nothing)")
+
+
+def batch_from_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, *episodes: int) -> int:
+    """The batch size of ``add_batch_arguments``' options (1024 if not given), after checking them
+    against the runs' ``episodes``; ``p.error`` names the option and value otherwise."""
+    fraction, batch = args.resample_fraction, args.batch
+    if fraction is not None and not 0 < fraction <= 1:
+        p.error(f"--resample-fraction must lie in (0, 1], got {fraction!r}")
+    if fraction is not None and batch is None:
+        p.error("--resample-fraction needs --batch (the episodes that resample together)")
+    if batch is None:
+        return 1024
+    if batch < 1 or any(n % batch for n in episodes):
+        p.error(f"--batch must divide the episodes of a run {list(episodes)} and be positive, got --batch {batch}")
+    return batch
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=16, help="runs a side and heuristic (>= 2)")
@@ -156,24 +182,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-qsensoropt", action="store_true", help="ours only (no comparison)")
     p.add_argument("--records", nargs="+", default=None,
                    help="qsensoropt_nv_dc.py results to use instead of running qsensoropt")
-    p.add_argument("--resample-fraction", type=float, default=None, metavar="F",
-                   help="both sides: resample a whole batch once a fraction F of it needs it (0.98: the "
-                        "published curves' evaluation); default: each episode on its own (qsensoropt 1.1.0)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="episodes a batch, both sides (2048: the published curves'); must divide --episodes; "
-                        "needed with --resample-fraction (default without: 1024, which then changes nothing)")
+    add_batch_arguments(p)
     p.add_argument("--timeout", type=float, default=1800.0, help="per qsensoropt run, seconds")
     p.add_argument("--out-dir", default=None)
     args = p.parse_args(argv)
     if args.runs < 2 or args.episodes < 1:
         p.error(f"--runs must be >= 2 and --episodes >= 1, got --runs {args.runs} --episodes {args.episodes}")
-    if args.resample_fraction is not None and args.batch is None:
-        p.error("--resample-fraction needs --batch (the episodes that resample together)")
-    if args.batch is not None and (args.batch < 1 or args.episodes % args.batch):
-        p.error(f"--batch must be positive and divide --episodes, got --batch {args.batch} --episodes {args.episodes}")
-    batch = 1024 if args.batch is None else args.batch
-    if args.resample_fraction is not None and not 0 < args.resample_fraction <= 1:
-        p.error(f"--resample-fraction must lie in (0, 1], got {args.resample_fraction!r}")
+    batch = batch_from_arguments(p, args, args.episodes)
     from qsmgym.envs.bayesian_magnetometry import QSENSOROPT_MSE20
 
     theirs = load_records(args.records, args.resample_fraction) if args.records else {}

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qsmgym.experiments.nv_heuristics_compare import add_batch_arguments, batch_from_arguments
 from qsmgym.experiments.nv_side_by_side import QSENSOROPT_SCRIPT, _subprocess_json, qsensoropt_python
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,12 +294,7 @@ def main(argv=None) -> int:
                         "(otherwise ours are run and qsensoropt's heuristics are left out)")
     p.add_argument("--nn-weights", type=Path, default=None,
                    help="the shipped NN as a Keras-order npz (default: written by the qsensoropt run)")
-    p.add_argument("--resample-fraction", type=float, default=None, metavar="F",
-                   help="both sides: a batch resamples all its filters once a fraction F of them needs it "
-                        "(0.98 with --batch 2048: the published curves' evaluation); default: per episode")
-    p.add_argument("--batch", type=_positive, default=None,
-                   help="episodes a batch, both sides; must divide --episodes and --heuristic-episodes; needed "
-                        "with --resample-fraction (default without: 1024, which then changes nothing)")
+    add_batch_arguments(p)
     p.add_argument("--qsensoropt-python", default=None)
     p.add_argument("--no-qsensoropt", action="store_true", help="ours only")
     p.add_argument("--timeout", type=float, default=1800.0, help="per qsensoropt run, seconds")
@@ -306,15 +302,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.runs < 2:
         p.error(f"--runs must be >= 2 (a standard error needs two runs), got --runs {args.runs}")
-    if args.resample_fraction is not None and not 0 < args.resample_fraction <= 1:
-        p.error(f"--resample-fraction must lie in (0, 1], got {args.resample_fraction!r}")
-    if args.resample_fraction is not None and args.batch is None:
-        p.error("--resample-fraction needs --batch (the episodes that resample together)")
-    if args.batch is None:
-        args.batch = 1024
-    elif args.episodes % args.batch or args.heuristic_episodes % args.batch:
-        p.error(f"--batch must divide --episodes and --heuristic-episodes, got --batch {args.batch}, "
-                f"--episodes {args.episodes}, --heuristic-episodes {args.heuristic_episodes}")
+    args.batch = batch_from_arguments(p, args, args.episodes, args.heuristic_episodes)
     try:
         published = published_curves(args.sdist_dir)
     except (FileNotFoundError, ValueError) as e:
