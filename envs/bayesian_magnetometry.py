@@ -191,7 +191,7 @@ class BayesianMagnetometry(FunctionalEnv):
     exact grid posterior (tolerances from the particle count), gradients of the final
     posterior variance in the taus against finite differences (resampling off and on).
     tests/envs/test_bayesian_magnetometry.py: sigma^-1 and PGH reproduce qsensoropt's published
-    MSE(20) 3.57e-3 and 6.51e-3 within bootstrap CIs over 16,384 episodes at the settings that
+    MSE(20) 3.57e-3 and 6.51e-3 within bootstrap CIs over 65,536 episodes at the settings that
     made them (resample_fraction=0.98, batches of 2048), and agree with qsensoropt 1.1.0 run
     here at both settings; both checkers; determinism; bad input.
 
