@@ -586,12 +586,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     import numpy as np
     import tensorflow as tf
 
-    import qsensoropt  # noqa: F401  (version lookup below)
-    from importlib.metadata import version
-
+    # before importing qsensoropt: importing it initialises TensorFlow's
+    # runtime, after which the thread counts can no longer be set (RuntimeError)
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from importlib.metadata import version
+
+    import qsensoropt  # noqa: F401  (version lookup below)
     # Seeds Python, NumPy and TensorFlow's global seed (network init, preconditioning data).
     tf.keras.utils.set_random_seed(args.seed)
     loadavg_start = os.getloadavg()[0]
