@@ -73,6 +73,7 @@ from qsmgym.agents._programs import ProgramCache, values_key
 from qsmgym.agents.particle_filter import (
     ParticleFilter,
     ResampleNoise,
+    batch_chunk,
     bayes_update,
     init_uniform,
     maybe_resample,
@@ -858,11 +859,7 @@ def evaluate(config: ModelAwarePFConfig, task: BayesianMagnetometry, params: Any
     (config, task, params values, n_episodes, chunk), so another network or key reuses it."""
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, (int, np.integer)) or n_episodes < 1:
         raise ValueError(f"n_episodes must be a positive int, got n_episodes={n_episodes!r}")
-    if task.resample_config.batch_fraction is not None and n_episodes % chunk:
-        raise ValueError(f"n_episodes must be a multiple of chunk (the batch whose filters resample together, "
-                         f"resample_fraction={task.resample_config.batch_fraction!r}), got n_episodes={n_episodes}, "
-                         f"chunk={chunk}")
-    chunk = int(np.gcd(int(n_episodes), int(chunk)))
+    chunk = batch_chunk(int(n_episodes), chunk, task.resample_config)
     values = values_key(params)
     cache_key = None if values is None else (config, task, values, int(n_episodes), chunk)
     run = _EVALUATORS.get(cache_key, lambda: _build_evaluator(config, task, params, int(n_episodes), chunk))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qsmgym.agents._programs import ProgramCache, values_key
-from qsmgym.agents.particle_filter import ParticleFilter, _draw_indices, mean_cov
+from qsmgym.agents.particle_filter import ParticleFilter, _draw_indices, batch_chunk, mean_cov
 
 POLICIES = ("sigma_inverse", "pgh", "constant")
 _EPISODES = "episodes"  # the vmap axis of a chunk of episodes (a batch, for resample_fraction)
@@ -87,12 +87,7 @@ def rollout_tau_policies(task, params, policies: Sequence[Callable], keys: Seque
     if len(policies) != len(keys) or not policies:
         raise ValueError(f"policies and keys must be non-empty and of equal length, got {len(policies)} and {len(keys)}")
     n_steps = task.horizon if n_steps is None else int(n_steps)
-    if n_episodes % chunk:
-        if task.resample_config.batch_fraction is not None:
-            raise ValueError(f"n_episodes must be a multiple of chunk (the batch that resamples together, "
-                             f"resample_fraction={task.resample_config.batch_fraction!r}), got n_episodes={n_episodes}, "
-                             f"chunk={chunk}")
-        chunk = int(np.gcd(n_episodes, chunk))
+    chunk = batch_chunk(n_episodes, chunk, task.resample_config)
     run = _runner(task, params, tuple(policies), int(n_episodes), n_steps, int(chunk))
     results = []
     for which, key in enumerate(keys):

@@ -294,6 +294,17 @@ def _noise_of(key, noise: ResampleNoise | None, n: int, d: int, dtype) -> Resamp
     return noise
 
 
+def batch_chunk(n_episodes: int, chunk: int, config: ResampleConfig) -> int:
+    """The chunk of a batched rollout of ``n_episodes`` asked to run in chunks of ``chunk``:
+    ``chunk`` if it divides ``n_episodes``, else their gcd (per-filter resampling: the chunk
+    changes no result). With ``config.batch_fraction`` a chunk is the batch whose filters
+    resample together, so it is never changed: ValueError unless it divides ``n_episodes``."""
+    if n_episodes % chunk and config.batch_fraction is not None:
+        raise ValueError(f"n_episodes must be a multiple of chunk (the batch that resamples together, "
+                         f"resample_fraction={config.batch_fraction!r}), got n_episodes={n_episodes}, chunk={chunk}")
+    return math.gcd(int(n_episodes), int(chunk))
+
+
 def maybe_resample(key: jax.Array | None, pf: ParticleFilter, low, high,
                    config: ResampleConfig = ResampleConfig(), *, axis_name: str | None = None,
                    noise: ResampleNoise | None = None, active=True) -> tuple[ParticleFilter, jnp.ndarray]:
