@@ -53,6 +53,7 @@ RECORDED_SUMMARY = Path(__file__).resolve().parents[1] / "docs" / "results" / "n
 # The same at the published curves' evaluation settings (session 28): batches of 2048 episodes
 # that resample together once 98 % of a batch needs it (qsensoropt 1.0.0; see the module doc).
 PUBLISHED_SETTINGS = {"resample_fraction": 0.98, "batch": 2048}
+DEFAULT_BATCH = 1024  # episodes a batch without --batch (per-episode resampling: changes no result)
 RECORDED_SUMMARY_PUBLISHED_SETTINGS = RECORDED_SUMMARY.parents[1] / "heuristics-published-settings" / "summary.json"
 Z95 = 1.959963984540054
 
@@ -69,7 +70,7 @@ def nv_task(n_particles: int = 480, resample_fraction: float | None = None):
 
 
 def run_ours(name: str, run: int, episodes: int, n_particles: int = 480, resample_fraction: float | None = None,
-             batch: int = 1024) -> dict:
+             batch: int = DEFAULT_BATCH) -> dict:
     """One run of our heuristic ``name`` (episodes x 24 measurements, a filter of
     ``n_particles``, vmapped in batches of ``batch``, which resample together with
     ``resample_fraction``): a record with mse_n."""
@@ -88,7 +89,7 @@ def run_ours(name: str, run: int, episodes: int, n_particles: int = 480, resampl
 
 
 def run_theirs(python: str, name: str, seed: int, episodes: int, timeout: float | None,
-               resample_fraction: float | None = None, batch: int = 1024) -> dict | None:
+               resample_fraction: float | None = None, batch: int = DEFAULT_BATCH) -> dict | None:
     cmd = [python, str(QSENSOROPT_SCRIPT), "--mode", HEURISTICS[name], "--seed", str(seed),
            "--n-eval", str(episodes), "--eval-batch", str(batch)]
     if resample_fraction is not None:
@@ -159,7 +160,7 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def batch_from_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, *episodes: int) -> int:
-    """The batch size of ``add_batch_arguments``' options (1024 if not given), after checking them
+    """The batch size of ``add_batch_arguments``' options (DEFAULT_BATCH if not given), after checking them
     against the runs' ``episodes``; ``p.error`` names the option and value otherwise."""
     fraction, batch = args.resample_fraction, args.batch
     if fraction is not None and not 0 < fraction <= 1:
@@ -167,7 +168,7 @@ def batch_from_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, *
     if fraction is not None and batch is None:
         p.error("--resample-fraction needs --batch (the episodes that resample together)")
     if batch is None:
-        return 1024
+        return DEFAULT_BATCH
     if batch < 1 or any(n % batch for n in episodes):
         p.error(f"--batch must divide the episodes of a run {list(episodes)} and be positive, got --batch {batch}")
     return batch

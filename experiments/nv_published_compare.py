@@ -49,7 +49,13 @@ from pathlib import Path
 
 import numpy as np
 
-from qsmgym.experiments.nv_heuristics_compare import add_batch_arguments, batch_from_arguments
+from qsmgym.experiments.nv_heuristics_compare import (
+    DEFAULT_BATCH,
+    add_batch_arguments,
+    batch_from_arguments,
+    nv_task,
+)
+from qsmgym.experiments.nv_heuristics_compare import run_ours as run_ours_heuristic
 from qsmgym.experiments.nv_side_by_side import QSENSOROPT_SCRIPT, _subprocess_json, qsensoropt_python
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,13 +130,12 @@ def static_controls(sdist: Path) -> np.ndarray:
 
 
 def run_ours_trained(mode: str, policy_params, n_particles: int, run: int, episodes: int,
-                     resample_fraction: float | None = None, batch: int = 1024) -> dict:
+                     resample_fraction: float | None = None, batch: int = DEFAULT_BATCH) -> dict:
     """One run of a given static / NN policy in our float32 evaluator (batches of ``batch``
     episodes, resampling together with ``resample_fraction``): a record with mse_n."""
     import jax
 
     from qsmgym.agents import model_aware_pf as mapf
-    from qsmgym.experiments.nv_heuristics_compare import nv_task
 
     task = nv_task(n_particles, resample_fraction)
     # the native kernel decides resampling per filter: name the JAX filter rather than have
@@ -154,7 +159,6 @@ def our_policy_params(mode: str, sdist: Path, weights: Path | None):
 
     from qsmgym.agents import model_aware_pf as mapf
     from qsmgym.experiments.nv_gradient_compare import load_weights, params_from_keras
-    from qsmgym.experiments.nv_heuristics_compare import nv_task
 
     if mode == "static":
         return {"v": jnp.asarray(static_controls(sdist), jnp.float32)}
@@ -169,7 +173,7 @@ def our_policy_params(mode: str, sdist: Path, weights: Path | None):
 
 def run_theirs_trained(python: str, mode: str, sdist: Path, run: int, episodes: int, timeout: float | None,
                        save_weights: Path | None = None, resample_fraction: float | None = None,
-                       batch: int = 1024) -> dict | None:
+                       batch: int = DEFAULT_BATCH) -> dict | None:
     """One qsensoropt 1.1.0 evaluation (480 particles) of a shipped policy."""
     cmd = [python, str(QSENSOROPT_SCRIPT), "--mode", mode, "--policy-from", str(shipped_policy_path(sdist, mode)),
            "--seed", str(KEY_OFFSET + run), "--n-eval", str(episodes), "--eval-batch", str(batch)]
@@ -329,8 +333,6 @@ def main(argv=None) -> int:
         records += _run_trained(args, py, nn_weights, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    from qsmgym.experiments.nv_heuristics_compare import run_ours as run_ours_heuristic
-
     for name in heuristics:
         for n_p in args.particles:
             if n_p == 480 and args.heuristic_records is not None:

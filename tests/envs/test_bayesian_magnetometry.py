@@ -24,6 +24,7 @@ from qsmgym.envs.bayesian_magnetometry import (
     ramsey_probability,
 )
 from qsmgym.experiments.nv_heuristics_compare import (
+    DEFAULT_BATCH,
     PUBLISHED_SETTINGS,
     RECORDED_SUMMARY,
     RECORDED_SUMMARY_PUBLISHED_SETTINGS,
@@ -260,7 +261,7 @@ def test_bad_actions(action):
 # - "published": how qsensoropt's published curves were made (its examples/nv_center_dc.py with
 #   1.0.0, which passes resample_fraction=0.98; 4096 batches of 2048 episodes): the 2048 filters
 #   of a batch resample together once 98 % of them need it.
-SETTINGS = {"default": ({}, 1024, RECORDED_SUMMARY),
+SETTINGS = {"default": ({}, DEFAULT_BATCH, RECORDED_SUMMARY),
             "published": ({"resample_fraction": PUBLISHED_SETTINGS["resample_fraction"]},
                           PUBLISHED_SETTINGS["batch"], RECORDED_SUMMARY_PUBLISHED_SETTINGS)}
 HEURISTICS = [("sigma_inverse", sigma_inverse_tau), ("pgh", pgh_tau)]

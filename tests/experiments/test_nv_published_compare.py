@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from qsmgym.experiments import nv_published_compare as npc
-from qsmgym.experiments.nv_heuristics_compare import RECORDED_SUMMARY
+from qsmgym.experiments.nv_heuristics_compare import DEFAULT_BATCH, PUBLISHED_SETTINGS, RECORDED_SUMMARY
 
 
 def _write_sdist(root, curves=None, static=None):
@@ -174,7 +174,8 @@ def test_shipped_static_policy_agrees_with_qsensoropt_own_evaluation(settings):
     (1.1.0's default); "published": batches of 2048 resampling together at 98 % (both sides
     run so; the published curves' settings), where the published value is printed as well."""
     path = npc.RECORDED_SUMMARY if settings == "default" else npc.RECORDED_SUMMARY_PUBLISHED_SETTINGS
-    fraction, batch = (None, 1024) if settings == "default" else (0.98, 2048)
+    fraction, batch = ((None, DEFAULT_BATCH) if settings == "default"
+                       else (PUBLISHED_SETTINGS["resample_fraction"], PUBLISHED_SETTINGS["batch"]))
     summary = json.loads(path.read_text())
     v = np.loadtxt(path.parent / npc.SHIPPED_STATIC_COPY)
     recs = [r for r in summary["records"] if r["implementation"] == "qsensoropt" and r["policy"] == "static"]
